@@ -1,0 +1,26 @@
+"""The value function V(D, G) as losses on D's pre-sigmoid logits.
+
+log D(x) = -softplus(-l) and log(1 - D(x)) = -softplus(l), so no log of a sigmoid is ever taken
+and logits of +-50 (or more) stay finite.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+GENERATOR_LOSSES = ("minimax", "nonsaturating")
+
+
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, scale: float = 0.5) -> Tensor:
+    """-scale * [mean log D(x) + mean log(1 - D(G(z)))]: D ascends V. The official code uses scale 0.5."""
+    return scale * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
+
+
+def generator_loss(fake_logits: Tensor, kind: str) -> Tensor:
+    """minimax: G minimises mean log(1 - D(G(z))); nonsaturating: G maximises mean log D(G(z))."""
+    if kind == "minimax":
+        return -F.softplus(fake_logits).mean()
+    if kind == "nonsaturating":
+        return F.softplus(-fake_logits).mean()
+    raise ValueError(f"unknown generator loss {kind!r}: choose one of {', '.join(GENERATOR_LOSSES)}")

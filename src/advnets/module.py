@@ -1,0 +1,264 @@
+"""The GAN LightningModule: Algorithm 1 (k D-steps, then one G-step) or the official simultaneous update."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
+
+from advnets.losses import discriminator_loss, generator_loss
+from advnets.metrics import ParzenLogLikelihood
+from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
+from advnets.optim import build_optimizer, start_epoch
+
+SCHEDULES = ("alternating", "simultaneous")
+
+
+def draw_noise(n: int, dim: int, kind: str, generator: torch.Generator, device: torch.device | str) -> Tensor:
+    """The one place noise is drawn. uniform: U(-sqrt 3, sqrt 3)^dim (unit variance); normal: N(0, I)."""
+    if kind == "uniform":
+        return (torch.rand(n, dim, generator=generator, device=device) * 2 - 1) * math.sqrt(3.0)
+    if kind == "normal":
+        return torch.randn(n, dim, generator=generator, device=device)
+    raise ValueError(f"unknown noise {kind!r}: choose uniform or normal")
+
+
+def derive_seed(*parts: int) -> int:
+    """A 62-bit seed from integers, the same in every process (unlike hash() of mixed tuples)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+class GAN(pl.LightningModule):
+    """G and D trained against each other with manual optimisation.
+
+    `config` is the whole resolved run config (a plain dict), saved in every checkpoint so that a
+    checkpoint alone rebuilds the run (eval.py relies on this).
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        # The W&B logger already gets the resolved config as the run config: don't log it twice.
+        self.save_hyperparameters(logger=False)
+        self.cfg = OmegaConf.create(config)
+        self.automatic_optimization = False
+        self.shape = tuple(self.cfg.dataset.shape)
+        self.k = int(self.cfg.k)
+        self.schedule = self.cfg.schedule
+        self.generator = build_generator(self.cfg.model, self.shape)
+        self.discriminator = build_discriminator(self.cfg.model, self.shape)
+        # The grid of samples logged every epoch comes from this z; a buffer, so checkpoints keep it.
+        fixed = torch.Generator().manual_seed(int(self.cfg.seed))
+        self.register_buffer("fixed_z", self.noise(100, fixed, device="cpu"))
+        self.d_updates = 0
+        self.g_updates = 0
+        self._last: dict[str, Tensor] = {}  # the latest losses and D outputs, for logging
+        self.parzen = ParzenLogLikelihood()
+        self._noise_gen: torch.Generator | None = None
+
+    # --- noise ---------------------------------------------------------------------------------
+    def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        return draw_noise(n, int(self.cfg.model.noise_dim), self.cfg.model.noise,
+                          generator if generator is not None else self._noise_gen,
+                          device if device is not None else self.device)
+
+    def _seeded_generator(self, *salt: int) -> torch.Generator:
+        # Seeds derived from (run seed, rank, epoch...) make every rank draw its own noise and
+        # make a resumed epoch draw exactly what the uninterrupted run drew.
+        return torch.Generator(device=self.device).manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, *salt))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, batch: int = 2000) -> Tensor:
+        """n samples from G (no dropout anywhere in G), drawn in chunks to bound memory."""
+        gen = generator if generator is not None else self._seeded_generator(-1)
+        return torch.cat([self.generator(self.noise(min(batch, n - i), gen)) for i in range(0, n, batch)])
+
+    # --- training ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and dm is not None and self.d_updates == 0:
+            # Checkpoint weights, if any, are loaded after this and overwrite it.
+            self.generator.init_output_bias(dm.pixel_mean().to(self.generator.output_layer.bias.device))
+
+    def configure_optimizers(self):
+        opt = self.cfg.optimizer
+        return [build_optimizer(self.discriminator.parameters(), opt),
+                build_optimizer(self.generator.parameters(), opt)]
+
+    def on_train_epoch_start(self) -> None:
+        epoch = self.current_epoch + 1
+        for opt in self.optimizers():
+            start_epoch(opt.optimizer, self.cfg.optimizer, epoch)
+        self._noise_gen = self._seeded_generator(epoch)
+        # Dropout draws from the global generator: seed it per (rank, epoch) for exact resumes.
+        torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, 7))
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        d_opt, g_opt = self.optimizers()
+        if self.schedule == "simultaneous":
+            self._simultaneous_step(batch, d_opt, g_opt)
+        else:
+            self._discriminator_step(batch, d_opt)
+            if self.d_updates % self.k == 0:
+                self._generator_step(len(batch), g_opt)
+        # Only build the metrics dict on the steps Lightning will actually write (log_every_n_steps).
+        if self.trainer._logger_connector.should_update_logs:
+            self._log_train()
+
+    def _discriminator_step(self, real: Tensor, d_opt) -> None:
+        """One D ascent step on this fresh real minibatch and freshly drawn noise."""
+        with torch.no_grad():
+            fake = self.generator(self.noise(len(real)))
+        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
+        d_loss = discriminator_loss(real_logits, fake_logits, float(self.cfg.loss.d_scale))
+        d_opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        d_opt.step()
+        self._after_update(self.discriminator)
+        self.d_updates += 1
+        self._last.update(d_loss=d_loss.detach(), d_real=torch.sigmoid(real_logits.detach()).mean(),
+                          d_fake=torch.sigmoid(fake_logits.detach()).mean())
+
+    def _generator_step(self, m: int, g_opt) -> None:
+        """One G step on m freshly drawn noise vectors."""
+        fake = self.generator(self.noise(m))
+        g_loss, fake_grad = self._generator_loss_and_grad(fake)
+        g_opt.zero_grad(set_to_none=True)
+        self.manual_backward(fake, fake_grad)
+        g_opt.step()
+        self._after_update(self.generator)
+        self.g_updates += 1
+        self._last["g_loss"] = g_loss.detach()
+
+    def _generator_loss_and_grad(self, fake: Tensor, fake_logits: Tensor | None = None, fake_in: Tensor | None = None):
+        """G's loss and its gradient w.r.t. the samples, without computing D's weight gradients.
+
+        The samples enter D as a separate leaf, so backpropagating G's loss through D only reaches
+        the samples; `manual_backward(fake, grad)` then carries it into G. D's parameters never
+        receive G's gradient (no toggling needed), and D's weight gradients are not computed.
+        """
+        if fake_logits is None:
+            fake_in = fake.detach().requires_grad_()
+            fake_logits = self.discriminator(fake_in)
+        g_loss = generator_loss(fake_logits, self.cfg.loss.generator)
+        (grad,) = torch.autograd.grad(g_loss, fake_in, retain_graph=True)
+        return g_loss, grad
+
+    def _simultaneous_step(self, real: Tensor, d_opt, g_opt) -> None:
+        """The official code: one forward pass, both gradients at the same parameters and dropout masks."""
+        fake = self.generator(self.noise(len(real)))
+        fake_in = fake.detach().requires_grad_()
+        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake_in)
+        d_loss = discriminator_loss(real_logits, fake_logits, float(self.cfg.loss.d_scale))
+        g_loss, fake_grad = self._generator_loss_and_grad(fake, fake_logits, fake_in)
+        d_opt.zero_grad(set_to_none=True)
+        g_opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        self.manual_backward(fake, fake_grad)
+        d_opt.step()
+        g_opt.step()
+        self._after_update(self.discriminator)
+        self._after_update(self.generator)
+        self.d_updates += 1
+        self.g_updates += 1
+        self._last.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
+                          d_real=torch.sigmoid(real_logits.detach()).mean(),
+                          d_fake=torch.sigmoid(fake_logits.detach()).mean())
+
+    def _after_update(self, net: torch.nn.Module) -> None:
+        if self.cfg.model.get("max_col_norm"):
+            apply_max_col_norm(net, float(self.cfg.model.max_col_norm))
+
+    def _train_metrics(self) -> dict[str, Any]:
+        group = self.optimizers()[0].optimizer.param_groups[0]
+        momentum = group["momentum"] if "momentum" in group else group["betas"][0]
+        metrics = {f"train/{k}": v for k, v in self._last.items()}
+        metrics.update({"train/d_updates": float(self.d_updates), "train/g_updates": float(self.g_updates),
+                        "train/lr": float(group["lr"]), "train/momentum": float(momentum)})
+        return metrics
+
+    def _log_train(self) -> None:
+        self.log_dict(self._train_metrics(), on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        # The epoch's last values, whatever log_every_n_steps is: short epochs are logged too.
+        self.log_dict(self._train_metrics(), on_step=False, on_epoch=True)
+        self.log_samples()
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def validation_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._parzen_points(batch, dataloader_idx)
+
+    def test_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._parzen_points(batch, dataloader_idx)
+
+    def _parzen_points(self, batch: Tensor, dataloader_idx: int) -> None:
+        if dataloader_idx == 0:
+            self.parzen.update(select_points=batch)
+        else:
+            self.parzen.update(test_points=batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.parzen.reset()
+            return
+        self._log_parzen("val", int(self.cfg.parzen.val_samples))
+
+    def on_test_epoch_end(self) -> None:
+        self._log_parzen("test", int(self.cfg.parzen.test_samples))
+
+    def _log_parzen(self, prefix: str, n_samples: int) -> None:
+        # Each rank draws its share of the centres from its own noise; the metric gathers them.
+        share = -(-n_samples // self.trainer.world_size)
+        self.parzen.update(centres=self.sample(share, self._seeded_generator(-2)))
+        result = self.parzen.compute()
+        self.parzen.reset()
+        self.log_dict({f"{prefix}/parzen_ll": result.ll, f"{prefix}/parzen_se": result.se,
+                       f"{prefix}/parzen_sigma": result.sigma}, sync_dist=False, rank_zero_only=True)
+        self.last_parzen = result
+
+    # --- images --------------------------------------------------------------------------------
+    @rank_zero_only
+    def log_samples(self) -> None:
+        """The 10x10 grid of G(fixed_z): a PNG in the run folder and the `samples` image in W&B."""
+        from torchvision.utils import make_grid, save_image
+
+        was_training = self.generator.training
+        self.generator.eval()
+        with torch.no_grad():
+            images = self.generator(self.fixed_z)
+        self.generator.train(was_training)
+        grid = make_grid(to_display(images), nrow=10, padding=2, pad_value=1.0)
+        folder = Path(self.trainer.default_root_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_image(grid, folder / f"epoch_{self.current_epoch + 1:04d}.png")
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="samples", images=[grid.cpu()], step=self.trainer.global_step,
+                                 caption=[f"epoch {self.current_epoch + 1}"])
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["counters"] = {"d_updates": self.d_updates, "g_updates": self.g_updates}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counters = checkpoint.get("counters", {})
+        self.d_updates = int(counters.get("d_updates", 0))
+        self.g_updates = int(counters.get("g_updates", 0))
+
+
+def to_display(images: Tensor) -> Tensor:
+    """Images in [0, 1] for viewing: data already in [0, 1] is kept, anything else is min-max scaled per image."""
+    images = images.detach().float()
+    if images.min() >= 0 and images.max() <= 1:
+        return images
+    flat = images.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    return ((flat - lo[:, None]) / (hi - lo).clamp_min(1e-8)[:, None]).view_as(images)

@@ -1,0 +1,84 @@
+"""What train.py and eval.py share: config checks, the logger and trainer they build, user errors."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if not OmegaConf.has_resolver("repo_root"):
+    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+
+class UserError(Exception):
+    """A problem the user can fix; reported as one line, without a traceback."""
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn known, fixable problems into `error: <what to fix>` on stderr and exit status 2."""
+    from advnets.data import DataError
+
+    try:
+        yield
+    except (UserError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse settings that cannot train, before any work is done."""
+    from advnets.losses import GENERATOR_LOSSES
+    from advnets.module import SCHEDULES
+
+    if not isinstance(cfg.k, int) or cfg.k < 1:
+        raise UserError(f"k must be an integer >= 1 (discriminator steps per generator step), got {cfg.k!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.loss.generator not in GENERATOR_LOSSES:
+        raise UserError(f"loss.generator must be one of {', '.join(GENERATOR_LOSSES)}, got {cfg.loss.generator!r}")
+    if int(cfg.dataset.batch_size) < 1:
+        raise UserError(f"dataset.batch_size must be >= 1, got {cfg.dataset.batch_size}")
+    if float(cfg.optimizer.lr) <= 0:
+        raise UserError(f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
+
+
+def run_name(cfg: DictConfig) -> str:
+    """The W&B run name: the config's, else the command-line overrides (e.g. 'k=2,loss=minimax')."""
+    from hydra.core.hydra_config import HydraConfig
+
+    name = cfg.logger.get("wandb", {}).get("name")
+    if name:
+        return str(name)
+    if HydraConfig.initialized():
+        dirname = HydraConfig.get().job.override_dirname
+        if dirname:
+            return dirname
+    return "defaults"
+
+
+def build_loggers(cfg: DictConfig, group: str | None = None) -> list:
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    loggers = []
+    if "wandb" in cfg.logger:
+        w = cfg.logger.wandb
+        Path(w.save_dir).mkdir(parents=True, exist_ok=True)
+        loggers.append(WandbLogger(project=w.project, name=run_name(cfg), group=w.group or group, tags=list(w.tags),
+                                   save_dir=w.save_dir, mode=w.mode,
+                                   config=OmegaConf.to_container(cfg, resolve=True)))
+    if "csv" in cfg.logger:
+        loggers.append(CSVLogger(save_dir=cfg.logger.csv.save_dir, name=cfg.logger.csv.name))
+    return loggers
+
+
+def finish_wandb() -> None:
+    """Close the W&B run (also after a failure), so the next job of a multirun gets its own run."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()

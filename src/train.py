@@ -1,0 +1,40 @@
+"""Train a GAN: `python src/train.py [dataset=mnist] [model=maxout] [k=1] ...` (see conf/train.yaml)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from advnets.run import check_config, finish_wandb, user_errors
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        check_config(cfg)
+        train(cfg)
+
+
+def train(cfg: DictConfig) -> None:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from advnets.data import build_datamodule
+    from advnets.module import GAN
+    from advnets.run import build_loggers
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg.dataset, cfg.seed)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        trainer = pl.Trainer(**cfg.trainer, logger=build_loggers(cfg) or False,
+                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint)])
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        if cfg.test_after_fit:
+            trainer.test(module, datamodule=datamodule)
+    finally:
+        finish_wandb()
+
+
+if __name__ == "__main__":
+    main()

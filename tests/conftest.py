@@ -1,0 +1,58 @@
+"""Shared fixtures: real MNIST files in a temporary data dir, composed configs, the real command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ADVNETS_SHARED", REPO.parent / "shared"))
+MNIST_RAW = SHARED / "data" / "MNIST" / "raw"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data dir holding MNIST/raw: copied from ../shared, or downloaded by torchvision where that is absent."""
+    root = tmp_path_factory.mktemp("data")
+    if MNIST_RAW.is_dir():
+        shutil.copytree(MNIST_RAW, root / "MNIST" / "raw")
+    else:
+        from torchvision.datasets import MNIST
+
+        for train in (True, False):
+            MNIST(root, train=train, download=True)
+    return root
+
+
+def compose(*overrides: str, output_dir: str | Path = "/tmp/advnets-test-run"):
+    """The real config from conf/, as train.py composes it (hydra: interpolations resolvable)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import advnets.run  # noqa: F401  (registers the repo_root resolver)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in train.py, whose config has no hydra node
+    return cfg
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600, cwd: Path = REPO):
+    """Run `python src/<script> args...` as a user would, W&B offline; returns the CompletedProcess."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
+                "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "src" / script), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,99 @@
+"""Algorithm 1 and the simultaneous update, counted on a real Trainer over real MNIST batches."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from advnets.data import EpochBatchSampler, TensorBatches, build_datamodule
+from advnets.module import GAN
+from conftest import compose
+
+
+class Recorder(pl.Callback):
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.batches.append(batch.clone())
+
+
+def fit(data_dir, tmp_path, *overrides, batches=30):
+    cfg = compose(f"paths.data_dir={data_dir}", "logger=none", *overrides, output_dir=tmp_path)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    events = []  # ("noise", z) / ("G", n_forward) / ("D", n_forward) in call order
+    real_noise = module.noise
+
+    def noise(n, generator=None, device=None):
+        z = real_noise(n, generator, device)
+        events.append(("noise", z.clone()))
+        return z
+
+    module.noise = noise
+    module.generator.register_forward_hook(lambda *a: events.append(("G", None)))
+    module.discriminator.register_forward_hook(lambda *a: events.append(("D", None)))
+    recorder = Recorder()
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
+                         default_root_dir=tmp_path, callbacks=[recorder])
+    trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
+    return module, trainer, events, recorder.batches
+
+
+def test_algorithm_1_with_k_3(data_dir, tmp_path):
+    module, trainer, events, batches = fit(data_dir, tmp_path, "k=3")
+    d_opt, g_opt = trainer.optimizers
+    assert (module.d_updates, module.g_updates) == (30, 10)
+    assert (d_opt.param_groups[0]["updates"], g_opt.param_groups[0]["updates"]) == (30, 10)
+    assert trainer.global_step == 40  # Lightning counts every optimizer step: k + 1 per iteration
+    # Every D update sees a different real minibatch of the batch size.
+    assert len(batches) == 30 and all(b.shape == (100, 1, 28, 28) for b in batches)
+    fingerprints = {tuple(b.flatten(1).sum(1).tolist()) for b in batches}
+    assert len(fingerprints) == 30
+    # Per D step: noise, G, D(real), D(fake). Per G step: noise, G, D(fake). G steps after every 3rd D step.
+    kinds = [k for k, _ in events]
+    d_step, g_step = ["noise", "G", "D", "D"], ["noise", "G", "D"]
+    assert kinds == ((d_step * 3) + g_step) * 10 + ["G"]  # the last G: the epoch's sample grid
+    noises = [z for k, z in events if k == "noise"]
+    for i in range(10):
+        d_noise, g_noise = noises[4 * i + 2], noises[4 * i + 3]
+        assert g_noise.shape == (100, 100) and not torch.equal(d_noise, g_noise)
+    assert len({tuple(z[0].tolist()) for z in noises}) == len(noises)  # fresh noise every time
+
+
+def test_simultaneous_updates_both_nets_from_one_forward_pass(data_dir, tmp_path):
+    module, trainer, events, batches = fit(data_dir, tmp_path, "schedule=simultaneous", "k=1")
+    assert (module.d_updates, module.g_updates) == (30, 30)
+    d_opt, g_opt = trainer.optimizers
+    assert (d_opt.param_groups[0]["updates"], g_opt.param_groups[0]["updates"]) == (30, 30)
+    assert [k for k, _ in events] == ["noise", "G", "D", "D"] * 30 + ["G"]
+
+
+def test_simultaneous_gradients_are_taken_at_the_same_parameters(data_dir, tmp_path):
+    """One simultaneous step equals the update computed by hand from the same forward pass."""
+    cfg = compose(f"paths.data_dir={data_dir}", "logger=none", "schedule=simultaneous", output_dir=tmp_path)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    for m in module.discriminator.modules():  # no dropout, so a hand computation can repeat the pass
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    x = torch.rand(100, 1, 28, 28)
+    z = module.noise(100, torch.Generator().manual_seed(5), device="cpu")
+    # Hand computation with autograd.grad at the initial parameters.
+    from advnets.losses import discriminator_loss, generator_loss
+
+    fake = module.generator(z)
+    rl, fl = module.discriminator(x), module.discriminator(fake)
+    d_grads = torch.autograd.grad(discriminator_loss(rl, fl, 0.5), list(module.discriminator.parameters()), retain_graph=True)
+    g_grads = torch.autograd.grad(generator_loss(fl, "nonsaturating"), list(module.generator.parameters()))
+    # The module's step, through a real Trainer (one batch), with its noise replaced by z.
+    module.noise = lambda n, generator=None, device=None: z
+    dl = TensorBatches(x, EpochBatchSampler(100, 100, seed=0, shuffle=False))
+    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=dl)
+    lr = 0.1  # first update: v = -lr * grad, w += v
+    for (name, p), g in zip(module.discriminator.named_parameters(), d_grads):
+        assert torch.allclose(p, before[f"discriminator.{name}"] - lr * g, atol=1e-7), name
+    for (name, p), g in zip(module.generator.named_parameters(), g_grads):
+        assert torch.allclose(p, before[f"generator.{name}"] - lr * g, atol=1e-7), name
