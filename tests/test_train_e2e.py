@@ -63,3 +63,45 @@ def test_resume_from_checkpoint_runs(trained, data_dir, tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["counters"] == {"d_updates": 60, "g_updates": 30}
     d_state = ckpt["optimizer_states"][0]["param_groups"][0]
     assert d_state["updates"] == 60
+
+
+def test_training_end_writes_the_paper_figures(trained):
+    from PIL import Image
+
+    fig2 = Image.open(trained / "figures" / "figure_2.png")
+    fig3 = Image.open(trained / "figures" / "figure_3.png")
+    # Figure 2: 5 rows of 5 samples + the nearest training example; Figure 3: 8 rows of 10 steps.
+    assert fig2.size[1] == 5 * 30 + 2 and fig3.size == (10 * 30 + 2, 8 * 30 + 2)
+
+
+def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path):
+    proc = run_script("eval.py", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"paths.data_dir={data_dir}",
+                      "n_samples=1000", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("| DBN (paper) | 138 ± 2 |", "| Stacked CAE (paper) | 121 ± 1.6 |", "| Deep GSN (paper) | 214 ± 1.1 |",
+                "| Adversarial nets (paper) | 225 ± 2 |", "| Adversarial nets (ours"):
+        assert row in proc.stdout
+    report = json.loads((tmp_path / "eval" / "parzen.json").read_text())
+    assert set(report) >= {"ll", "se", "sigma", "n_samples", "dataset"}
+    assert report["n_samples"] == 1000 and report["dataset"] == "mnist" and report["n_points"] == 10000
+    assert min(abs(report["sigma"] - s) for s in torch.logspace(-1, 0, 10, dtype=torch.float64).tolist()) < 1e-9
+    assert f"{report['ll']:.1f} ± {report['se']:.1f}" in proc.stdout
+    assert (tmp_path / "eval" / "figures" / "figure_2.png").is_file()
+    assert len(list((tmp_path / "eval" / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_eval_true_data_reference(data_dir, tmp_path):
+    """10,000 random training images as centres: published work puts this at 243 nats."""
+    proc = run_script("eval.py", "reference=true_data", f"paths.data_dir={data_dir}", "logger=none",
+                      f"hydra.run.dir={tmp_path / 'ref'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "ref" / "parzen.json").read_text())
+    assert 240 <= report["ll"] <= 244 and report["n_samples"] == 10000
+    assert report["sigma"] == pytest.approx(0.16681, abs=1e-4)
+    assert "| True data" in proc.stdout
+
+
+def test_eval_without_checkpoint_says_what_to_pass(tmp_path):
+    proc = run_script("eval.py", f"hydra.run.dir={tmp_path / 'x'}", "logger=none")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ckpt_path is required")

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
+from advnets.figures import display, save_figures
 from advnets.losses import discriminator_loss, generator_loss
 from advnets.metrics import ParzenLogLikelihood
 from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
@@ -235,7 +236,7 @@ class GAN(pl.LightningModule):
         with torch.no_grad():
             images = self.generator(self.fixed_z)
         self.generator.train(was_training)
-        grid = make_grid(to_display(images), nrow=10, padding=2, pad_value=1.0)
+        grid = make_grid(display(images), nrow=10, padding=2, pad_value=1.0)
         folder = Path(self.trainer.default_root_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         save_image(grid, folder / f"epoch_{self.current_epoch + 1:04d}.png")
@@ -243,6 +244,22 @@ class GAN(pl.LightningModule):
             if hasattr(logger, "log_image"):
                 logger.log_image(key="samples", images=[grid.cpu()], step=self.trainer.global_step,
                                  caption=[f"epoch {self.current_epoch + 1}"])
+
+    def on_train_end(self) -> None:
+        self.log_figures()
+
+    @rank_zero_only
+    def log_figures(self) -> None:
+        """The paper's Figures 2 and 3 for the final generator: PNGs in the run folder, images in W&B."""
+        datamodule = self.trainer.datamodule
+        if datamodule is None:  # fitted on bare dataloaders: no training set to find neighbours in
+            return
+        folder = Path(self.trainer.default_root_dir) / "figures"
+        paths = save_figures(self, datamodule.splits["train"], folder, seed=int(self.cfg.seed))
+        for logger in self.loggers:
+            if hasattr(logger, "log_image"):
+                for key, path in paths.items():
+                    logger.log_image(key=key, images=[str(path)], step=self.trainer.global_step)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -253,12 +270,3 @@ class GAN(pl.LightningModule):
         self.d_updates = int(counters.get("d_updates", 0))
         self.g_updates = int(counters.get("g_updates", 0))
 
-
-def to_display(images: Tensor) -> Tensor:
-    """Images in [0, 1] for viewing: data already in [0, 1] is kept, anything else is min-max scaled per image."""
-    images = images.detach().float()
-    if images.min() >= 0 and images.max() <= 1:
-        return images
-    flat = images.flatten(1)
-    lo, hi = flat.min(1).values, flat.max(1).values
-    return ((flat - lo[:, None]) / (hi - lo).clamp_min(1e-8)[:, None]).view_as(images)

@@ -82,3 +82,13 @@ def finish_wandb() -> None:
 
     if wandb.run is not None:
         wandb.finish()
+
+
+def check_ckpt_path(ckpt_path) -> Path:
+    """A checkpoint path that exists, or a UserError saying which path is missing."""
+    if not ckpt_path:
+        raise UserError("ckpt_path is required: ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt")
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    return path
