@@ -55,6 +55,10 @@ class GAN(pl.LightningModule):
         self.schedule = self.cfg.schedule
         self.generator = build_generator(self.cfg.model, self.shape)
         self.discriminator = build_discriminator(self.cfg.model, self.shape)
+        if self.cfg.model.get("compile"):
+            # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are.
+            self.generator.compile()
+            self.discriminator.compile()
         # The grid of samples logged every epoch comes from this z; a buffer, so checkpoints keep it.
         fixed = torch.Generator().manual_seed(int(self.cfg.seed))
         self.register_buffer("fixed_z", self.noise(100, fixed, device="cpu"))

@@ -1,0 +1,257 @@
+#!/usr/bin/env python
+"""Training throughput: the project (Lightning + Hydra config) against the plain PyTorch loops.
+
+The paper's MNIST configuration (alternating schedule, k = 1, batch 100, the paper's nets and
+optimiser rule) for a fixed number of iterations, in one process:
+  (a) the project: train.py's Trainer, GAN module and MNIST DataModule, W&B logging on (offline);
+  (b) the plain loop most GAN code uses: torchvision MNIST through a standard DataLoader;
+  (c) the same plain loop over the data already held as one tensor (the eager-mode limit).
+a, b and c alternate `--repeats` times; the median samples per second of each is printed with the
+ratios a/b and a/c and the peak memory. `--scaling` adds samples per second of (a) for batch sizes
+50..400 and for 1 vs 2 threads; `--features` times bf16 mixed precision, torch.compile and a
+larger batch.
+
+    python benchmarks/train_throughput.py                  # CPU, 300 iterations, 3 repeats
+    python benchmarks/train_throughput.py --device cuda    # on a GPU
+    python benchmarks/train_throughput.py --tiny           # a few iterations (the test suite runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+
+def compose(*overrides: str, output_dir: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import advnets.run  # noqa: F401  (the repo_root resolver)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = output_dir
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+class _Timer:
+    """Times the training batches only (not start-up, validation or the end-of-epoch images)."""
+
+    def __init__(self):
+        import pytorch_lightning as pl
+
+        class Callback(pl.Callback):
+            def on_train_batch_start(cb, trainer, *args):
+                if trainer.fit_loop.epoch_loop.batch_idx == 0 and self.start is None:
+                    if trainer.strategy.root_device.type == "cuda":
+                        torch.cuda.synchronize()
+                    self.start = time.perf_counter()
+
+            def on_train_batch_end(cb, trainer, *args):
+                self.batches += 1
+                if self.batches == self.total:
+                    if trainer.strategy.root_device.type == "cuda":
+                        torch.cuda.synchronize()
+                    self.end = time.perf_counter()
+
+        self.callback = Callback()
+        self.start = self.end = None
+        self.batches = 0
+        self.total = 0
+
+
+def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[str] = ()) -> float:
+    """(a): samples per second through the project's Trainer, module and DataModule."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from advnets.data import build_datamodule
+    from advnets.module import GAN
+    from advnets.run import build_loggers, finish_wandb
+
+    out = tempfile.mkdtemp(prefix="advnets-bench-")
+    cfg = compose(f"paths.data_dir={data_dir}", f"dataset.batch_size={batch}", "test_after_fit=false",
+                  f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *extra, output_dir=out)
+    pl.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(cfg.dataset, cfg.seed)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    timer = _Timer()
+    timer.total = iters
+    trainer_args = {**cfg.trainer, "max_epochs": 1, "limit_train_batches": iters, "limit_val_batches": 0,
+                    "enable_progress_bar": True}
+    try:
+        trainer = pl.Trainer(**trainer_args, logger=build_loggers(cfg) or False,
+                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), timer.callback])
+        trainer.fit(module, datamodule=datamodule)
+    finally:
+        finish_wandb()
+        shutil.rmtree(out, ignore_errors=True)
+    return iters * batch / (timer.end - timer.start)
+
+
+def plain_nets(device: str):
+    """The paper's MNIST nets and optimiser, built by the same code as the project's."""
+    from advnets.nets import build_discriminator, build_generator
+    from advnets.optim import ClassicMomentum
+
+    cfg = compose(output_dir="/tmp/advnets-bench-unused")
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    torch.manual_seed(0)
+    g, d = build_generator(model, (1, 28, 28)).to(device), build_discriminator(model, (1, 28, 28)).to(device)
+    return g, d, ClassicMomentum(g.parameters(), lr=0.1), ClassicMomentum(d.parameters(), lr=0.1)
+
+
+def plain_step(g, d, g_opt, d_opt, real, device):
+    """One iteration of the loop most GAN code has: a D step, then a G step (D's grads computed and discarded)."""
+    m = real.shape[0]
+    z = (torch.rand(m, 100, device=device) * 2 - 1) * 3**0.5
+    fake = g(z).detach()
+    d_loss = 0.5 * (F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean())
+    d_opt.zero_grad()
+    d_loss.backward()
+    d_opt.step()
+    z = (torch.rand(m, 100, device=device) * 2 - 1) * 3**0.5
+    g_loss = F.softplus(-d(g(z))).mean()
+    g_opt.zero_grad()
+    g_loss.backward()
+    g_opt.step()
+
+
+def run_plain_dataloader(iters: int, batch: int, device: str, data_dir: str, workers: int) -> float:
+    """(b): torchvision MNIST through a standard DataLoader."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    mnist = datasets.MNIST(data_dir, train=True, download=False, transform=transforms.ToTensor())
+    loader = DataLoader(Subset(mnist, range(50000)), batch_size=batch, shuffle=True, num_workers=workers,
+                        pin_memory=device == "cuda", drop_last=False)
+    g, d, g_opt, d_opt = plain_nets(device)
+    done, start = 0, None
+    while done < iters:
+        for x, _ in loader:
+            if done == 0:
+                start = _sync_time(device)
+            plain_step(g, d, g_opt, d_opt, x.to(device, non_blocking=True), device)
+            done += 1
+            if done == iters:
+                break
+    return iters * batch / (_sync_time(device) - start)
+
+
+def run_plain_tensor(iters: int, batch: int, device: str, data_dir: str) -> float:
+    """(c): the same loop over the data as one tensor on the device, batches as index slices."""
+    from torchvision import datasets
+
+    data = (datasets.MNIST(data_dir, train=True, download=False).data[:50000].float() / 255).unsqueeze(1).to(device)
+    g, d, g_opt, d_opt = plain_nets(device)
+    perm = torch.randperm(len(data), device=device)
+    start = _sync_time(device)
+    for i in range(iters):
+        j = (i * batch) % len(data)
+        plain_step(g, d, g_opt, d_opt, data[perm[j : j + batch]], device)
+    return iters * batch / (_sync_time(device) - start)
+
+
+def _sync_time(device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def peak_memory(device: str) -> str:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    text = f"peak host RSS {rss:.0f} MiB (whole process)"
+    if device == "cuda":
+        text += f", peak GPU allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+    return text
+
+
+def prepare_data(data_dir: str | None) -> str:
+    """A data dir with MNIST unpacked (copied from ../shared when present)."""
+    from advnets.data.mnist import MNISTDataModule
+
+    data_dir = data_dir or os.environ.get("ADVNETS_DATA_DIR") or str(REPO / "data")
+    dm = MNISTDataModule({"root": data_dir, "batch_size": 100,
+                          "raw_mirror": str(REPO.parent / "shared" / "data" / "MNIST" / "raw")}, seed=0)
+    dm.prepare_data()
+    return data_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of (b)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--scaling", action="store_true", help="batch sizes 50..400 and 1 vs 2 threads")
+    parser.add_argument("--features", action="store_true", help="bf16, torch.compile, larger batch")
+    parser.add_argument("--tiny", action="store_true", help="a few iterations, one repeat")
+    args = parser.parse_args()
+    if args.tiny:
+        args.iters, args.repeats = 5, 1
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    data_dir = prepare_data(args.data_dir)
+    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.iters} iterations of batch {args.batch}, {args.repeats} repeats", flush=True)
+
+    speeds: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    for _ in range(args.repeats):
+        speeds["a"].append(run_project(args.iters, args.batch, args.device, data_dir))
+        speeds["b"].append(run_plain_dataloader(args.iters, args.batch, args.device, data_dir, args.workers))
+        speeds["c"].append(run_plain_tensor(args.iters, args.batch, args.device, data_dir))
+    med = {k: statistics.median(v) for k, v in speeds.items()}
+    names = {"a": "project (Trainer + module + DataModule, W&B offline)",
+             "b": f"plain loop, torchvision DataLoader ({args.workers} workers)",
+             "c": "plain loop, data as one tensor"}
+    for k in "abc":
+        print(f"({k}) {names[k]:<58} {med[k]:9.0f} samples/s  runs: {', '.join(f'{v:.0f}' for v in speeds[k])}")
+    print(f"a/b = {med['a'] / med['b']:.3f}   a/c = {med['a'] / med['c']:.3f}")
+    print(peak_memory(args.device), flush=True)
+
+    if args.scaling:
+        for batch in (50, 100, 200, 400):
+            print(f"scaling: batch {batch:4d}: {run_project(args.iters, batch, args.device, data_dir):9.0f} samples/s", flush=True)
+        if args.device == "cpu":
+            threads = torch.get_num_threads()
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                print(f"scaling: {n} thread(s), batch {args.batch}: "
+                      f"{run_project(args.iters, args.batch, args.device, data_dir):9.0f} samples/s", flush=True)
+            torch.set_num_threads(threads)
+
+    if args.features:
+        features = {"default": [], "bf16-mixed": ["trainer.precision=bf16-mixed"],
+                    "torch.compile": ["model.compile=true"],
+                    "batch 400, lr x4": ["optimizer.lr=0.4"]}
+        for name, extra in features.items():
+            batch = 400 if name.startswith("batch") else args.batch
+            print(f"feature: {name:<18} {run_project(args.iters, batch, args.device, data_dir, extra):9.0f} samples/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""The benchmarks run in their tiny mode and print the lines the issues quote."""
+
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_train_throughput_tiny(data_dir):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--tiny",
+                          "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=600,
+                         env={"WANDB_MODE": "offline", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    for k in "abc":
+        assert re.search(rf"^\({k}\) .* \d+ samples/s", out.stdout, re.M), out.stdout
+    ratios = re.search(r"a/b = (\d+\.\d+)\s+a/c = (\d+\.\d+)", out.stdout)
+    assert ratios and float(ratios.group(1)) > 0 and float(ratios.group(2)) > 0
+    assert "peak host RSS" in out.stdout

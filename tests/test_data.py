@@ -1,0 +1,68 @@
+"""The MNIST data module on the real files, and the device-resident batches against a DataLoader."""
+
+import pytest
+import torch
+
+from advnets.data import DataError, EpochBatchSampler, build_datamodule
+from conftest import compose
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir):
+    dm = build_datamodule(compose(f"paths.data_dir={data_dir}").dataset, seed=0)
+    dm.setup("fit")
+    return dm
+
+
+def test_mnist_splits(mnist):
+    from torchvision.datasets import MNIST
+
+    s = mnist.splits
+    assert [len(s[k]) for k in ("train", "valid", "test")] == [50000, 10000, 10000]
+    assert s["train"].shape[1:] == (1, 28, 28) and s["train"].dtype == torch.float32
+    assert s["train"].min() == 0 and s["train"].max() == 1
+    raw = MNIST(mnist.cfg["root"], train=True).data
+    assert torch.equal(s["valid"][0, 0], raw[50000].float() / 255)  # valid = training rows 50000..59999
+    assert torch.equal(s["train"][-1, 0], raw[49999].float() / 255)
+
+
+def loader_batches(dm, on_device: bool, epoch: int):
+    dm.cfg = {**dm.cfg, "on_device": on_device, "batch_size": 128}
+    dm.batch_size = 128
+    loader = dm.train_dataloader()
+    loader.batch_sampler.set_epoch(epoch)
+    return list(loader)
+
+
+def test_device_batches_equal_dataloader_batches(mnist):
+    for epoch in (0, 3):
+        tensor_path = loader_batches(mnist, True, epoch)
+        dataloader_path = loader_batches(mnist, False, epoch)
+        assert len(tensor_path) == len(dataloader_path) == 391  # 50000 / 128, the last partial batch kept
+        assert tensor_path[-1].shape[0] == 50000 - 390 * 128 == dataloader_path[-1].shape[0]
+        for a, b in zip(tensor_path, dataloader_path):
+            assert torch.equal(a, b)
+    # A new permutation every epoch, and every training row exactly once per epoch.
+    assert not torch.equal(loader_batches(mnist, True, 0)[0], loader_batches(mnist, True, 1)[0])
+    total = torch.cat(loader_batches(mnist, True, 2)).sum(dim=(1, 2, 3)).sort().values
+    assert torch.allclose(total, mnist.splits["train"].sum(dim=(1, 2, 3)).sort().values)
+
+
+def test_sampler_shards_ranks_disjointly():
+    ranks = [EpochBatchSampler(1001, 100, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(5)
+    idx = [torch.cat(list(s)) for s in ranks]
+    assert len(idx[0]) == 501 and len(idx[1]) == 500 and [len(s) for s in ranks] == [6, 5]
+    assert sorted(torch.cat(idx).tolist()) == list(range(1001))
+
+
+def test_missing_mnist_names_the_folder(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist as tv
+
+    monkeypatch.setattr(tv.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # torchvision would download when online
+    cfg = compose(f"paths.data_dir={tmp_path}", "dataset.raw_mirror=null").dataset
+    dm = build_datamodule(cfg, seed=0)
+    with pytest.raises(DataError, match=str(tmp_path / "MNIST" / "raw")) as e:
+        dm.prepare_data()
+    assert "train-images-idx3-ubyte.gz" in str(e.value) and "t10k-labels-idx1-ubyte.gz" in str(e.value)
