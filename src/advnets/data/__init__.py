@@ -1,0 +1,24 @@
+"""Batches of real images: one DataModule per data set, all built on the same tensor-batch path."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from advnets.data.batches import DataError, EpochBatchSampler, TensorBatches, TensorDataModule
+
+
+def build_datamodule(cfg: Mapping[str, Any], seed: int) -> TensorDataModule:
+    """The DataModule named by `cfg.name` (conf/dataset/<name>.yaml)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    name = cfg.get("name")
+    if name == "mnist":
+        from advnets.data.mnist import MNISTDataModule
+
+        return MNISTDataModule(cfg, seed)
+    raise DataError(f"unknown dataset {name!r}: choose mnist")
+
+
+__all__ = ["DataError", "EpochBatchSampler", "TensorBatches", "TensorDataModule", "build_datamodule"]

@@ -1,0 +1,148 @@
+"""Data sets held as tensors, batched by index slices of a per-epoch permutation.
+
+The paper's data sets are small (MNIST 50,000 x 784 floats is 157 MB), so the whole training split
+lives as one tensor on the training device and a batch is `x[indices]`: no worker processes, no
+per-sample collation, no host-to-device copy per step. `dataset.on_device=false` feeds the very same
+index batches through a standard DataLoader instead, for data that would not fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class DataError(Exception):
+    """Missing or malformed data files; the message names the path and what to do."""
+
+
+class EpochBatchSampler:
+    """Index batches of a permutation drawn from (seed, epoch); ranks take interleaved shares.
+
+    Rank r of w gets positions r, r + w, ... of the epoch's permutation: disjoint shares covering
+    every row once, and the last partial batch is kept (the paper's code drops nothing either).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.epoch = 0
+        # Lightning calls set_epoch on `loader.sampler` and `loader.batch_sampler.sampler`, not on
+        # the batch sampler itself; pointing `sampler` here makes it reach us through either path.
+        self.sampler = self
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def indices(self) -> Tensor:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.indices().split(self.batch_size))
+
+    def __len__(self) -> int:
+        share = len(range(self.rank, self.n, self.world_size))
+        return -(-share // self.batch_size)
+
+
+class TensorBatches:
+    """An iterable of `data[idx]` over a batch sampler: the device-resident DataLoader."""
+
+    def __init__(self, data: Tensor, batch_sampler: EpochBatchSampler):
+        self.data = data
+        self.batch_sampler = batch_sampler
+        self.sampler = batch_sampler
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for idx in self.batch_sampler:
+            yield self.data[idx.to(self.data.device)]
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+class _Rows(Dataset):
+    def __init__(self, data: Tensor):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.data[i]
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Splits `train`, `valid`, `test` as float tensors (N, C, H, W); subclasses load them.
+
+    Validation and test each give two loaders, read by the module's Parzen metric: loader 0 holds
+    the points sigma is selected on, loader 1 the points it is scored on (see conf/dataset/*.yaml).
+    """
+
+    def __init__(self, cfg: dict[str, Any], seed: int):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.seed = int(seed)
+        self.batch_size = int(self.cfg.get("batch_size", 100))
+        self.shape = tuple(self.cfg["shape"]) if "shape" in self.cfg else None
+        self.splits: dict[str, Tensor] = {}
+
+    # --- for subclasses --------------------------------------------------------------------------
+    def load_splits(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # --- Lightning -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.load_splits()
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def train_dataloader(self):
+        rank, world = self._rank_world()
+        sampler = EpochBatchSampler(len(self.splits["train"]), self.batch_size, self.seed, rank, world)
+        if self.cfg.get("on_device", True):
+            self.splits["train"] = self.splits["train"].to(self._device())
+            return TensorBatches(self.splits["train"], sampler)
+        return DataLoader(_Rows(self.splits["train"]), batch_sampler=sampler,
+                          num_workers=int(self.cfg.get("num_workers", 0)),
+                          pin_memory=self._device().type == "cuda")
+
+    def _points(self, points: Tensor) -> TensorBatches:
+        # Every rank scores its own share; the Parzen metric gathers the shares before computing.
+        rank, world = self._rank_world()
+        sampler = EpochBatchSampler(len(points), int(self.cfg.get("eval_batch_size", 1000)), 0, rank, world,
+                                    shuffle=False)
+        return TensorBatches(points, sampler)
+
+    def val_dataloader(self):
+        n_select, n_points = int(self.cfg["parzen_val_select"]), int(self.cfg["parzen_val_points"])
+        valid = self.splits["valid"]
+        return [self._points(valid[:n_select]), self._points(valid[n_select : n_select + n_points])]
+
+    def test_dataloader(self):
+        n_select = self.cfg.get("parzen_select")
+        select = self.splits["valid"] if n_select is None else self.splits["valid"][: int(n_select)]
+        return [self._points(select), self._points(self.splits["test"])]
+
+    def pixel_mean(self) -> Tensor:
+        """The mean training image: G's sigmoid output bias starts at its logit."""
+        self.setup("fit")
+        return self.splits["train"].mean(dim=0)

@@ -1,0 +1,51 @@
+"""MNIST from the four original idx files: train rows 0..49,999, valid 50,000..59,999, test the t10k set."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from advnets.data.batches import DataError, TensorDataModule
+
+FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+class MNISTDataModule(TensorDataModule):
+    @property
+    def raw_dir(self) -> Path:
+        return Path(self.cfg["root"]) / "MNIST" / "raw"
+
+    def prepare_data(self) -> None:
+        """Put the files in <root>/MNIST/raw: from `raw_mirror` when given, else torchvision's download."""
+        from torchvision.datasets import MNIST
+
+        raw = self.raw_dir
+        mirror = self.cfg.get("raw_mirror")
+        if mirror and Path(mirror).is_dir():
+            raw.mkdir(parents=True, exist_ok=True)
+            for name in FILES:
+                if not (raw / name).exists() and (Path(mirror) / name).exists():
+                    shutil.copyfile(Path(mirror) / name, raw / name)
+        try:
+            # Offline with the .gz files present this only checks their MD5 and unpacks them.
+            for train in (True, False):
+                MNIST(self.cfg["root"], train=train, download=self.cfg.get("download", True))
+        except Exception as e:
+            missing = [name for name in FILES if not (raw / name).exists()]
+            if missing:
+                raise DataError(f"MNIST files missing in {raw}: {', '.join(missing)}; copy the original files "
+                                f"there (or set dataset.raw_mirror=<folder with them>), or run once online") from None
+            raise DataError(f"MNIST files in {raw} are unreadable or corrupt ({e}); delete them and copy the "
+                            f"originals again") from None
+
+    def load_splits(self) -> dict[str, Tensor]:
+        from torchvision.datasets import MNIST
+
+        self.prepare_data()
+        train = MNIST(self.cfg["root"], train=True).data.unsqueeze(1).float().div_(255)
+        test = MNIST(self.cfg["root"], train=False).data.unsqueeze(1).float().div_(255)
+        return {"train": train[:50000].contiguous(), "valid": train[50000:].contiguous(), "test": test}
