@@ -91,6 +91,7 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
     from advnets.module import GAN
     from advnets.run import build_loggers, finish_wandb
 
+    iters = min(iters, 50_000 // batch)  # one epoch at most (MNIST's 50,000 training rows), full batches only
     out = tempfile.mkdtemp(prefix="advnets-bench-")
     cfg = compose(f"paths.data_dir={data_dir}", f"dataset.batch_size={batch}", "test_after_fit=false",
                   f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *extra, output_dir=out)
