@@ -22,6 +22,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from advnets.data import build_datamodule
+    from advnets.guards import DivergenceGuard, PreemptionHandler
     from advnets.module import GAN
     from advnets.run import build_loggers
 
@@ -29,9 +30,11 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
     datamodule.prepare_data()  # missing or corrupt data files: refused before the logger or trainer start
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    preemption = PreemptionHandler()
+    preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint
     try:
         trainer = pl.Trainer(**cfg.trainer, logger=build_loggers(cfg) or False,
-                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint)])
+                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(), preemption])
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.test_after_fit:
             trainer.test(module, datamodule=datamodule)

@@ -143,3 +143,126 @@ def test_ckpt_last_finds_newest_of_same_experiment(tmp_path):
         paths.append(fake_checkpoint(d / "last.ckpt", *(["k=3"] if name == "other" else [])))
         os.utime(paths[-1], (1000 + i, 1000 + i))
     assert find_last_checkpoint(tmp_path, cfg) == paths[1]
+
+
+# --- training faults: short epochs on real MNIST ------------------------------------------------------
+QUICK = ["logger=none", "test_after_fit=false", "trainer.enable_progress_bar=false",
+         "parzen.val_samples=100", "dataset.parzen_val_select=100", "dataset.parzen_val_points=100"]
+
+
+def train(data_dir, run_dir, *args, batches=5, **kwargs):
+    quick = [a for a in QUICK if not any(a.startswith("logger=") for a in args) or not a.startswith("logger=")]
+    return run_script("train.py", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
+                      f"hydra.run.dir={run_dir}", *quick, f"trainer.limit_train_batches={batches}", *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(data_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reliability") / "one_epoch"
+    proc = train(data_dir, run_dir, "trainer.max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, data_dir, tmp_path):
+    # The checkpoint's optimisers get a huge lr, so the resumed run blows up in its first updates.
+    ckpt = torch.load(one_epoch, map_location="cpu", weights_only=True)
+    for state in ckpt["optimizer_states"]:
+        state["param_groups"][0]["lr0"] = 1e30
+    good = tmp_path / "good.ckpt"
+    torch.save(ckpt, good)
+    before = good.read_bytes()
+    proc = train(data_dir, tmp_path / "diverged", "trainer.max_epochs=2", f"ckpt_path={good}")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: training diverged: non-finite ") and " at D update " in line
+    assert f"last good checkpoint: {good} (unchanged)" in line
+    assert good.read_bytes() == before
+    assert not (tmp_path / "diverged" / "checkpoints" / "last.ckpt").exists()
+    torch.load(good, map_location="cpu", weights_only=True)
+
+
+def test_exact_resume_equals_uninterrupted_run(one_epoch, data_dir, tmp_path):
+    straight = train(data_dir, tmp_path / "straight", "trainer.max_epochs=2")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    resumed = train(data_dir, tmp_path / "resumed", "trainer.max_epochs=2", f"ckpt_path={one_epoch}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+            for name in ("straight", "resumed"))
+    assert a["counters"] == b["counters"] == {"d_updates": 10, "g_updates": 10}
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
+        assert sa["param_groups"] == sb["param_groups"]
+        for i, state in sa["state"].items():
+            for name, value in state.items():
+                assert torch.equal(value, sb["state"][i][name]), (i, name)
+
+
+def test_lightning_sets_the_epoch_of_the_batch_sampler():
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    from advnets.data import EpochBatchSampler, TensorBatches
+
+    sampler = EpochBatchSampler(10, 3, seed=0)
+    loader = TensorBatches(torch.arange(10), sampler)
+    first = list(loader)
+    _set_sampler_epoch(loader, 1)
+    assert sampler.epoch == 1 and [b.tolist() for b in loader] != [b.tolist() for b in first]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_signal_mid_epoch_saves_a_checkpoint_and_training_resumes(data_dir, tmp_path, sig):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    run_dir = tmp_path / "preempted"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    args = [f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}", f"hydra.run.dir={run_dir}", *QUICK,
+            "trainer.limit_train_batches=100", "trainer.max_epochs=3"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "src" / "train.py"), *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), proc.communicate()[1][-3000:]
+    time.sleep(1)  # into epoch 2
+    proc.send_signal(getattr(signal, sig))
+    _, stderr = proc.communicate(timeout=120)
+    signum = getattr(signal, sig).value
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert f"stopped by {sig}: checkpoint saved to {last}; resume with:" in stderr
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert 100 < ckpt["counters"]["d_updates"] < 200, ckpt["counters"]  # mid-epoch 2
+    resumed = train(data_dir, tmp_path / "resumed", "trainer.max_epochs=2", f"ckpt_path={last}", batches=100)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    done = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert done["counters"]["d_updates"] == 200, done["counters"]  # the rest of epoch 2, not a whole epoch more
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_wandb_online_without_network(data_dir, tmp_path, fallback):
+    import time
+
+    # Nothing listens on port 9: the W&B server is unreachable, as without a network.
+    env = {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40}
+    start = time.time()
+    proc = train(data_dir, tmp_path / "run", "trainer.max_epochs=1", "logger=wandb",
+                 f"logger.wandb.offline_fallback={str(fallback).lower()}", env=env, timeout=180)
+    assert time.time() - start < 120
+    assert "Traceback" not in proc.stderr
+    if fallback:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "warning: W&B server 127.0.0.1 unreachable" in proc.stderr and "logging offline" in proc.stderr
+        assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    else:
+        assert proc.returncode == 2
+        assert "error: W&B server 127.0.0.1 unreachable" in proc.stderr
