@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,9 +24,11 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from advnets.data import build_datamodule
-    from advnets.guards import DivergenceGuard, PreemptionHandler
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from advnets.guards import DivergenceGuard, PreemptionHandler, last_good_checkpoint
     from advnets.module import GAN
-    from advnets.run import build_loggers
+    from advnets.run import Preempted, build_loggers
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
@@ -35,7 +39,10 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     try:
         trainer = pl.Trainer(**cfg.trainer, logger=build_loggers(cfg) or False,
                              callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(), preemption])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:  # arrived during validation: Lightning stopped there, before our batch-end save
+            raise Preempted(signal.SIGTERM, last_good_checkpoint(trainer) or "(none yet)") from None
         if cfg.test_after_fit:
             trainer.test(module, datamodule=datamodule)
     finally:

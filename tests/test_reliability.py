@@ -266,3 +266,15 @@ def test_wandb_online_without_network(data_dir, tmp_path, fallback):
     else:
         assert proc.returncode == 2
         assert "error: W&B server 127.0.0.1 unreachable" in proc.stderr
+
+
+def test_model_without_nets_for_the_dataset(tmp_path, monkeypatch):
+    from advnets import preflight
+
+    for path in ["dataset/mnist.yaml", "dataset/cifar10.yaml", "model/maxout.yaml", "paper/maxout_mnist.yaml"]:
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text("")
+    monkeypatch.setattr(preflight, "CONF", tmp_path)
+    (found,) = preflight.problems(["dataset=cifar10"])
+    assert found.startswith("model 'maxout' has no nets for dataset 'cifar10' (conf/paper/maxout_cifar10.yaml)")
+    assert "available: maxout on mnist" in found
