@@ -165,8 +165,8 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} cannot be read (truncated, or not a checkpoint: {reason[:120]})") from None
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} cannot be read (truncated, or not a checkpoint: {reason[:100]})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
         raise UserError(f"checkpoint {path} is not a checkpoint of src/train.py (no state_dict and config in it)")
     return ckpt
@@ -183,15 +183,17 @@ def experiment_mismatch(ckpt: dict, config: dict) -> str | None:
 
 def find_last_checkpoint(log_dir: Path, config: dict) -> Path:
     """The newest last.ckpt under `log_dir` written by a run of the same experiment."""
-    candidates = sorted(log_dir.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted((p for p in log_dir.glob("**/checkpoints/last.ckpt") if p.exists()),  # skip dangling links
+                        key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         try:
             if experiment_mismatch(load_checkpoint(path), config) is None:
                 return path
         except UserError:
             continue
-    raise UserError(f"ckpt_path=last: no last.ckpt of this experiment under {log_dir} "
-                    f"({len(candidates)} of other experiments or unreadable); give ckpt_path=<path to a .ckpt>")
+    others = f" ({len(candidates)} found, of other experiments or unreadable)" if candidates else ""
+    raise UserError(f"ckpt_path=last: no last.ckpt of this experiment under {log_dir}{others}; "
+                    f"give ckpt_path=<path to a .ckpt>")
 
 
 def check_resume(cfg: DictConfig) -> str | None:
