@@ -22,10 +22,9 @@ def main(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
-
-    from advnets.data import build_datamodule
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+    from advnets.data import build_datamodule
     from advnets.guards import DivergenceGuard, PreemptionHandler, last_good_checkpoint
     from advnets.module import GAN
     from advnets.run import Preempted, build_loggers
