@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from advnets.run import UserError, check_ckpt_path, finish_wandb, user_errors
+from advnets.run import UserError, check_ckpt_path, finish_wandb, user_errors, wandb_mode
 
 # Table 1 of the paper: Parzen log-likelihood (nats) on MNIST and TFD, mean +- standard error.
 PAPER_TABLE_1 = {
@@ -109,7 +109,7 @@ def log_to_wandb(cfg: DictConfig, report: dict, table: str, figures: dict) -> No
 
     w = cfg.logger.wandb
     Path(w.save_dir).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=w.project, mode=w.mode, dir=w.save_dir, job_type="eval", group=w.group,
+    run = wandb.init(project=w.project, mode=wandb_mode(w), dir=w.save_dir, job_type="eval", group=w.group,
                      name=w.name or f"eval-{report['reference'] or Path(str(report['ckpt_path'])).parent.parent.name}",
                      config=OmegaConf.to_container(cfg, resolve=True))
     run.summary.update({f"eval/parzen_{k}": report[k] for k in ("ll", "se", "sigma")})

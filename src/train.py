@@ -2,34 +2,46 @@
 
 from __future__ import annotations
 
+import signal
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from advnets.run import check_config, finish_wandb, user_errors
+from advnets.preflight import preflight
+from advnets.run import check_config, check_resume, finish_wandb, user_errors
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         check_config(cfg)
-        train(cfg)
+        ckpt_path = check_resume(cfg)
+        train(cfg, ckpt_path)
 
 
-def train(cfg: DictConfig) -> None:
+def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from advnets.data import build_datamodule
+    from advnets.guards import DivergenceGuard, PreemptionHandler, last_good_checkpoint
     from advnets.module import GAN
-    from advnets.run import build_loggers
+    from advnets.run import Preempted, build_loggers
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
+    datamodule.prepare_data()  # missing or corrupt data files: refused before the logger or trainer start
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    preemption = PreemptionHandler()
+    preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint
     try:
         trainer = pl.Trainer(**cfg.trainer, logger=build_loggers(cfg) or False,
-                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint)])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(), preemption])
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:  # arrived during validation: Lightning stopped there, before our batch-end save
+            raise Preempted(signal.SIGTERM, last_good_checkpoint(trainer) or "(none yet)") from None
         if cfg.test_after_fit:
             trainer.test(module, datamodule=datamodule)
     finally:
@@ -37,4 +49,5 @@ def train(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    preflight()  # unknown config options and unwritable output folders, before Hydra makes a run folder
     main()

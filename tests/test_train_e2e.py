@@ -60,7 +60,8 @@ def test_resume_from_checkpoint_runs(trained, data_dir, tmp_path):
                       "parzen.val_samples=500", f"hydra.run.dir={tmp_path / 'resumed'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 2 and ckpt["counters"] == {"d_updates": 60, "g_updates": 30}
+    # Saved at the end of the second epoch, whose 0-based index it records.
+    assert ckpt["epoch"] == 1 and ckpt["counters"] == {"d_updates": 60, "g_updates": 30}
     d_state = ckpt["optimizer_states"][0]["param_groups"][0]
     assert d_state["updates"] == 60
 

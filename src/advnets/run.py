@@ -17,6 +17,32 @@ if not OmegaConf.has_resolver("repo_root"):
 class UserError(Exception):
     """A problem the user can fix; reported as one line, without a traceback."""
 
+    exit_code = 2
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss or parameter; the message names the update count and the last good checkpoint."""
+
+    exit_code = 3
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT arrived; `ckpt` was saved at the batch boundary that followed."""
+
+    def __init__(self, signum: int, ckpt: str):
+        import signal
+
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.ckpt = signum, ckpt
+
+
+def resume_command(ckpt: str) -> str:
+    """This command line again, resuming from `ckpt`."""
+    import shlex
+
+    args = [a for a in sys.argv[1:] if not a.startswith("ckpt_path=")]
+    return shlex.join(["python", "src/train.py", *args, f"ckpt_path={ckpt}"])
+
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
@@ -27,7 +53,10 @@ def user_errors() -> Iterator[None]:
         yield
     except (UserError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))
+    except Preempted as e:
+        print(f"{e}: checkpoint saved to {e.ckpt}; resume with:\n  {resume_command(e.ckpt)}", file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -69,11 +98,34 @@ def build_loggers(cfg: DictConfig, group: str | None = None) -> list:
         w = cfg.logger.wandb
         Path(w.save_dir).mkdir(parents=True, exist_ok=True)
         loggers.append(WandbLogger(project=w.project, name=run_name(cfg), group=w.group or group, tags=list(w.tags),
-                                   save_dir=w.save_dir, mode=w.mode,
+                                   save_dir=w.save_dir, mode=wandb_mode(w),
                                    config=OmegaConf.to_container(cfg, resolve=True)))
     if "csv" in cfg.logger:
         loggers.append(CSVLogger(save_dir=cfg.logger.csv.save_dir, name=cfg.logger.csv.name))
     return loggers
+
+
+def wandb_mode(w: DictConfig) -> str:
+    """`w.mode`, except `online` without a reachable W&B server: then offline, with a warning (bounded wait)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if w.mode != "online":
+        return str(w.mode)
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=float(w.get("connect_timeout", 10))).close()
+        return "online"
+    except OSError as e:
+        if not w.get("offline_fallback", True):
+            raise UserError(f"W&B server {url.hostname} unreachable ({e}); set WANDB_MODE=offline or "
+                            f"logger.wandb.offline_fallback=true") from None
+        print(f"warning: W&B server {url.hostname} unreachable ({e}): logging offline to {w.save_dir}/wandb; "
+              f"upload later with `wandb sync {w.save_dir}/wandb/offline-run-*`", file=sys.stderr)
+        os.environ["WANDB_MODE"] = "offline"
+        return "offline"
 
 
 def finish_wandb() -> None:
@@ -92,3 +144,67 @@ def check_ckpt_path(ckpt_path) -> Path:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     return path
+
+
+# What makes two runs the same experiment: a checkpoint of another one is refused.
+EXPERIMENT_KEYS = ("dataset.name", "dataset.shape", "model", "loss", "k", "schedule", "seed")
+
+
+def _get(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k != "compile"}  # torch.compile keeps the weights' names
+    return config
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The checkpoint as plain tensors and containers (weights_only: never runs pickled code)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} cannot be read (truncated, or not a checkpoint: {reason[:100]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
+        raise UserError(f"checkpoint {path} is not a checkpoint of src/train.py (no state_dict and config in it)")
+    return ckpt
+
+
+def experiment_mismatch(ckpt: dict, config: dict) -> str | None:
+    """The first experiment setting that differs between a checkpoint and this run, as 'key: a there, b here'."""
+    saved = ckpt["hyper_parameters"]["config"]
+    for key in EXPERIMENT_KEYS:
+        if _get(saved, key) != _get(config, key):
+            return f"{key}: {_get(saved, key)!r} there, {_get(config, key)!r} here"
+    return None
+
+
+def find_last_checkpoint(log_dir: Path, config: dict) -> Path:
+    """The newest last.ckpt under `log_dir` written by a run of the same experiment."""
+    candidates = sorted((p for p in log_dir.glob("**/checkpoints/last.ckpt") if p.exists()),  # skip dangling links
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            if experiment_mismatch(load_checkpoint(path), config) is None:
+                return path
+        except UserError:
+            continue
+    others = f" ({len(candidates)} found, of other experiments or unreadable)" if candidates else ""
+    raise UserError(f"ckpt_path=last: no last.ckpt of this experiment under {log_dir}{others}; "
+                    f"give ckpt_path=<path to a .ckpt>")
+
+
+def check_resume(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from (`last` resolved), checked to load and to match this experiment."""
+    if not cfg.ckpt_path:
+        return None
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if str(cfg.ckpt_path) == "last":
+        return str(find_last_checkpoint(Path(cfg.paths.log_dir), config))
+    path = check_ckpt_path(cfg.ckpt_path)
+    mismatch = experiment_mismatch(load_checkpoint(path), config)
+    if mismatch:
+        raise UserError(f"checkpoint {path} is from another experiment ({mismatch}); resume it with the same settings")
+    return str(path)
