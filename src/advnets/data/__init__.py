@@ -18,7 +18,15 @@ def build_datamodule(cfg: Mapping[str, Any], seed: int) -> TensorDataModule:
         from advnets.data.mnist import MNISTDataModule
 
         return MNISTDataModule(cfg, seed)
-    raise DataError(f"unknown dataset {name!r}: choose mnist")
+    if name == "tfd":
+        from advnets.data.tfd import TFDDataModule
+
+        return TFDDataModule(cfg, seed)
+    if name == "cifar10":
+        from advnets.data.cifar10 import CIFAR10DataModule
+
+        return CIFAR10DataModule(cfg, seed)
+    raise DataError(f"unknown dataset {name!r}: choose mnist, tfd or cifar10")
 
 
 __all__ = ["DataError", "EpochBatchSampler", "TensorBatches", "TensorDataModule", "build_datamodule"]

@@ -112,7 +112,9 @@ def build_discriminator(model_cfg: Mapping, shape: Sequence[int]) -> nn.Module:
 
 @torch.no_grad()
 def apply_max_col_norm(net: nn.Module, max_norm: float) -> None:
-    """Rescale every unit's incoming weight vector (each maxout piece too) to L2 norm <= max_norm."""
+    """Rescale every unit's incoming weight vector (each maxout piece, each conv filter too) to L2 norm <= max_norm."""
     for layer in net.modules():
-        if isinstance(layer, nn.Linear):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
             layer.weight.renorm_(2, 0, max_norm)
+        elif isinstance(layer, nn.ConvTranspose2d):  # weight (in, out, kh, kw): one filter per output channel
+            layer.weight.renorm_(2, 1, max_norm)

@@ -1,0 +1,72 @@
+"""conf/experiment/: the official settings of each paper run, and TFD stage 2 loading stage 1's generator."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from advnets.data import build_datamodule
+from advnets.module import GAN
+from conftest import compose
+from test_tfd import write_tfd
+
+EXPECTED = {  # experiment: (dataset, model, lr0, batch, max epochs, max col norm)
+    "mnist": ("mnist", "maxout", 0.1, 100, -1, None),
+    "tfd_stage1": ("tfd", "maxout", 0.05, 100, 50, 1.9365),
+    "tfd_stage2": ("tfd", "maxout", 0.05, 100, 22, 1.9365),
+    "cifar10_fc": ("cifar10", "maxout", 0.025, 100, -1, None),
+    "cifar10_conv": ("cifar10", "conv", 0.004, 128, -1, None),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_experiment_settings(name):
+    cfg = compose(f"experiment={name}")
+    got = (cfg.dataset.name, cfg.model.name, cfg.optimizer.lr, cfg.dataset.batch_size, cfg.trainer.max_epochs,
+           cfg.model.max_col_norm)
+    assert got == EXPECTED[name]
+    assert cfg.schedule == "simultaneous" and cfg.loss.d_scale == 0.5 and cfg.loss.generator == "nonsaturating"
+    assert cfg.model.noise == ("uniform" if name == "mnist" else "normal")
+
+
+SMALL_1 = "model.generator.layers=[{units:64,activation:relu,irange:0.05},{units:128,activation:sigmoid,irange:0.05,bias:-2.0}]"
+SMALL_2 = ("model.generator.layers=[{units:32,activation:relu,irange:0.05},{units:100,activation:sigmoid,irange:0.05,"
+           "bias:-2.0},{units:64,activation:relu,irange:0.05},{units:128,activation:sigmoid,irange:0.05,bias:-2.0}]")
+
+
+def fit(cfg, tmp_path, steps, callbacks=()):
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    trainer = pl.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path,
+                         callbacks=list(callbacks))
+    trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
+    return module, trainer
+
+
+def test_stage_2_loads_stage_1_generator(tmp_path):
+    write_tfd(tmp_path / "TFD" / "TFD_48x48.mat")
+    common = (f"paths.data_dir={tmp_path}", "logger=none", "dataset.batch_size=20")
+    stage1, trainer = fit(compose("experiment=tfd_stage1", SMALL_1, *common, output_dir=tmp_path), tmp_path, 4)
+    trainer.save_checkpoint(tmp_path / "stage1.ckpt")
+    old = [m for m in stage1.generator.net if isinstance(m, torch.nn.Linear)]
+
+    class KeepsStage1(pl.Callback):
+        def on_train_start(self, trainer, module):  # after setup: the output bias was not reset
+            new = [m for m in module.generator.net if isinstance(m, torch.nn.Linear)]
+            assert len(new) == 5 and new[1].bias.eq(-2).all() and new[0].weight.shape == (32, 100)
+            for a, b in zip(old, new[2:]):
+                assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+            self.checked = True
+
+    check = KeepsStage1()
+    cfg = compose("experiment=tfd_stage2", SMALL_2, f"model.generator.init_from={tmp_path / 'stage1.ckpt'}", *common,
+                  output_dir=tmp_path / "s2")
+    stage2, _ = fit(cfg, tmp_path / "s2", 2, [check])
+    assert check.checked and stage2.d_updates == 1  # a fresh D, trained from scratch
+    assert not torch.equal(stage2.discriminator.net[1].linear.weight, stage1.discriminator.net[1].linear.weight)
+
+
+def test_stage_2_without_checkpoint_says_what_to_pass(tmp_path):
+    cfg = compose("experiment=tfd_stage2", SMALL_2)
+    with pytest.raises(ValueError, match="init_from must name a stage-1 checkpoint"):
+        GAN(OmegaConf.to_container(cfg, resolve=True))
