@@ -81,9 +81,15 @@ def find_runs(dirs: list[Path]) -> list[Run]:
     return runs
 
 
+def split_overrides(runs: list[Run]) -> tuple[list[str], list[str]]:
+    """The overrides every run shares, and each run's own (its label in the table and the plot)."""
+    common = [o for o in runs[0].overrides if all(o in r.overrides for r in runs)] if len(runs) > 1 else []
+    return common, [",".join(o for o in r.overrides if o not in common) or r.folder.name for r in runs]
+
+
 def table(runs: list[Run]) -> str:
     """Markdown: overrides shared by all runs above the table, the ones that differ in it."""
-    common = [o for o in runs[0].overrides if all(o in r.overrides for r in runs)] if len(runs) > 1 else []
+    common, labels = split_overrides(runs)
 
     def num(run: Run, key: str, fmt: str) -> str:
         return format(run.final[key], fmt) if key in run.final else "-"
@@ -92,12 +98,11 @@ def table(runs: list[Run]) -> str:
              "| run | overrides | test/parzen_ll +- se | train/d_real | train/d_fake | D updates | G updates "
              "| train time (s) |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in runs:
+    for r, label in zip(runs, labels):
         ll = (f"{r.final['test/parzen_ll']:.1f} +- {r.final['test/parzen_se']:.1f}"
               if "test/parzen_ll" in r.final else "-")
-        own = ",".join(o for o in r.overrides if o not in common) or "-"
         name = str(job_number(r.folder)) if job_number(r.folder) >= 0 else r.folder.name
-        lines.append(f"| {name} | `{own}` | {ll} | {num(r, 'train/d_real', '.3f')} | "
+        lines.append(f"| {name} | `{label}` | {ll} | {num(r, 'train/d_real', '.3f')} | "
                      f"{num(r, 'train/d_fake', '.3f')} | {num(r, 'train/d_updates', '.0f')} | "
                      f"{num(r, 'train/g_updates', '.0f')} | {num(r, 'train/elapsed_s', '.1f')} |")
     return "\n".join(line for line in lines if line) + "\n"
@@ -110,10 +115,10 @@ def plot(runs: list[Run], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in runs:
+    for r, label in zip(runs, split_overrides(runs)[1]):
         if r.val:
             x, y = zip(*r.val)
-            ax.plot(x, y, marker="o", label=",".join(r.overrides) or r.folder.name)
+            ax.plot(x, y, marker="o", label=label)
     ax.set_xlabel("G updates")
     ax.set_ylabel("val/parzen_ll (nats)")
     ax.grid(alpha=0.3)
