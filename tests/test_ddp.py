@@ -14,7 +14,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import REPO, run_script, tiny_run
+from conftest import REPO, compose, run_script, tiny_run
 
 BATCHES, K = 20, 2
 
@@ -90,3 +90,9 @@ def test_only_rank_zero_writes(ddp_run):
     # The Parzen metric gathered every rank's centres and points before computing: one finite value.
     test_ll = [float(r["test/parzen_ll"]) for r in rows if r["test/parzen_ll"]]
     assert len(test_ll) == 1 and math.isfinite(test_ll[0])
+
+
+def test_gpu_ddp_config_composes():
+    trainer = compose("trainer=ddp").trainer
+    assert (trainer.accelerator, trainer.devices, trainer.strategy) == ("gpu", -1, "ddp_find_unused_parameters_true")
+    assert trainer.use_distributed_sampler is False  # the batches shard themselves
