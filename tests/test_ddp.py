@@ -20,11 +20,13 @@ BATCHES, K = 20, 2
 
 
 class RankProbe(pl.Callback):
-    """Writes <folder>/rank<r>.pt: the first D step's noise, the counters and the parameters at the end."""
+    """Writes <folder>/rank<r>.pt: the first D step's noise, the counters and parameters at the end of
+    training, and the sizes the final Parzen estimate saw."""
 
     def __init__(self, folder: str):
         self.folder = Path(folder)
         self.first_z = None
+        self.record = {}
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if self.first_z is None:  # what the first D step is about to draw: a copy of the noise generator
@@ -33,10 +35,12 @@ class RankProbe(pl.Callback):
             self.first_z = module.noise(8, gen)
 
     def on_train_end(self, trainer, module) -> None:
-        torch.save({"world_size": trainer.world_size, "z": self.first_z,
-                    "counters": (module.d_updates, module.g_updates),
-                    "params": {n: p.detach().clone() for n, p in module.named_parameters()}},
-                   self.folder / f"rank{trainer.global_rank}.pt")
+        self.record = {"world_size": trainer.world_size, "z": self.first_z, "counters": (module.d_updates, module.g_updates),
+                       "params": {n: p.detach().clone() for n, p in module.named_parameters()}}
+
+    def on_test_end(self, trainer, module) -> None:
+        self.record["parzen"] = (module.last_parzen.n_samples, module.last_parzen.n_points)
+        torch.save(self.record, self.folder / f"rank{trainer.global_rank}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +91,15 @@ def test_only_rank_zero_writes(ddp_run):
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["epoch_0001.png"]
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    # The Parzen metric gathered every rank's centres and points before computing: one finite value.
+    # One test estimate, logged once.
     test_ll = [float(r["test/parzen_ll"]) for r in rows if r["test/parzen_ll"]]
     assert len(test_ll) == 1 and math.isfinite(test_ll[0])
+
+
+def test_parzen_gathers_every_ranks_share(ddp_run):
+    _, ranks = ddp_run
+    # parzen.test_samples=200 centres, 100 drawn on each rank; the 10,000 MNIST test images, 5,000 on each.
+    assert [rank["parzen"] for rank in ranks] == [(200, 10000), (200, 10000)]
 
 
 def test_gpu_ddp_config_composes():
