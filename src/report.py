@@ -53,7 +53,7 @@ def read_run(folder: Path) -> Run:
         for row in csv.DictReader(f):
             values = {k: float(v) for k, v in row.items() if v not in ("", None)}
             final.update(values)
-            if "val/parzen_ll" in values:
+            if "val/parzen_ll" in values and "val/g_updates" in values:  # runs older than val/g_updates: no line
                 val.append((values["val/g_updates"], values["val/parzen_ll"]))
     return Run(folder, overrides(folder), final, val)
 
