@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from advnets.preflight import preflight
-from advnets.run import check_config, check_resume, finish_wandb, user_errors
+from advnets.run import (check_config, check_resume, finish_wandb, ranks_rerun_command, run_job_alone, sweep_name,
+                         user_errors)
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -16,11 +18,15 @@ def main(cfg: DictConfig) -> None:
     with user_errors():
         check_config(cfg)
         ckpt_path = check_resume(cfg)
+        if sweep_name() and ranks_rerun_command(cfg.trainer):
+            run_job_alone(cfg, Path(__file__).resolve())  # DDP inside a multirun: see run_job_alone
+            return
         train(cfg, ckpt_path)
 
 
 def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     import pytorch_lightning as pl
+    from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -37,7 +43,8 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint
     try:
         trainer = pl.Trainer(**cfg.trainer, logger=build_loggers(cfg) or False,
-                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(), preemption])
+                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(), preemption,
+                                        *(instantiate(c) for c in cfg.callbacks.extra)])
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:  # arrived during validation: Lightning stopped there, before our batch-end save

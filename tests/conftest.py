@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -56,3 +57,30 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
                 "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "src" / script), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_run(data_dir: Path, batches: int) -> list[str]:
+    """Overrides for a run of one short epoch with cheap Parzen estimates."""
+    return [f"paths.data_dir={data_dir}", "trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
+            "parzen.val_samples=200", "parzen.test_samples=200", "trainer.enable_progress_bar=false"]
+
+
+def wandb_inspect(run_dir: Path, *flags: str) -> str:
+    """`wandb leet inspect FLAGS` of the one offline W&B run under run_dir/wandb."""
+    (offline,) = list((run_dir / "wandb").glob("offline-run-*"))
+    return subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", *flags, str(offline)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    """The run's state, config and last metric values."""
+    return json.loads(wandb_inspect(run_dir, "--summary", "--json"))
+
+
+def wandb_run_record(run_dir: Path) -> dict:
+    """The run record: id, display name, group."""
+    for line in wandb_inspect(run_dir, "--json").splitlines():
+        record = json.loads(line)
+        if record.get("type") == "run":
+            return record["run"]
+    raise AssertionError(f"no run record in {run_dir}")

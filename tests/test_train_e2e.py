@@ -1,24 +1,14 @@
 """`python src/train.py` as a user runs it: real MNIST, real Trainer, W&B offline, then a resume."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, wandb_summary
 
 TRAIN_KEYS = ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/d_updates",
               "train/g_updates", "train/lr", "train/momentum"]
-
-
-def wandb_summary(run_dir: Path) -> dict:
-    (offline,) = list((run_dir / "wandb").glob("offline-run-*"))
-    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json", str(offline)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ class GAN(pl.LightningModule):
         self._last: dict[str, Tensor] = {}  # the latest losses and D outputs, for logging
         self.parzen = ParzenLogLikelihood()
         self._noise_gen: torch.Generator | None = None
+        self._fit_start = time.monotonic()
 
     # --- noise ---------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
@@ -96,6 +98,9 @@ class GAN(pl.LightningModule):
         opt = self.cfg.optimizer
         return [build_optimizer(self.discriminator.parameters(), opt),
                 build_optimizer(self.generator.parameters(), opt)]
+
+    def on_train_start(self) -> None:
+        self._fit_start = time.monotonic()
 
     def on_train_epoch_start(self) -> None:
         epoch = self.current_epoch + 1
@@ -186,15 +191,17 @@ class GAN(pl.LightningModule):
         momentum = group["momentum"] if "momentum" in group else group["betas"][0]
         metrics = {f"train/{k}": v for k, v in self._last.items()}
         metrics.update({"train/d_updates": float(self.d_updates), "train/g_updates": float(self.g_updates),
-                        "train/lr": float(group["lr"]), "train/momentum": float(momentum)})
+                        "train/lr": float(group["lr"]), "train/momentum": float(momentum),
+                        "train/elapsed_s": time.monotonic() - self._fit_start})  # since this process began fitting
         return metrics
 
     def _log_train(self) -> None:
         self.log_dict(self._train_metrics(), on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self) -> None:
-        # The epoch's last values, whatever log_every_n_steps is: short epochs are logged too.
-        self.log_dict(self._train_metrics(), on_step=False, on_epoch=True)
+        # The epoch's last values, whatever log_every_n_steps is: short epochs are logged too. Under DDP,
+        # the mean over ranks (the same for the counters, lr and momentum; the global batch's D outputs).
+        self.log_dict(self._train_metrics(), on_step=False, on_epoch=True, sync_dist=True)
         self.log_samples()
 
     # --- evaluation ----------------------------------------------------------------------------
@@ -225,8 +232,11 @@ class GAN(pl.LightningModule):
         self.parzen.update(centres=self.sample(share, self._seeded_generator(-2)))
         result = self.parzen.compute()
         self.parzen.reset()
+        # Every rank computed the same result from the gathered states: the mean over ranks is that result.
+        # g_updates beside it: the x axis of src/report.py's plot.
         self.log_dict({f"{prefix}/parzen_ll": result.ll, f"{prefix}/parzen_se": result.se,
-                       f"{prefix}/parzen_sigma": result.sigma}, sync_dist=False, rank_zero_only=True)
+                       f"{prefix}/parzen_sigma": result.sigma, f"{prefix}/g_updates": float(self.g_updates)},
+                      sync_dist=True)
         self.last_parzen = result
 
     # --- images --------------------------------------------------------------------------------

@@ -370,7 +370,8 @@ class ParzenLogLikelihood(torchmetrics.Metric):
 
     def compute(self) -> ParzenResult:
         for name in ("centres", "select_points", "test_points"):
-            if not getattr(self, name):
+            # A list of pieces, or (after the cross-process sync) one gathered tensor: empty either way.
+            if len(getattr(self, name)) == 0:
                 raise ValueError(f"ParzenLogLikelihood.compute: no {name} given to update()")
         return parzen_protocol(
             dim_zero_cat(self.centres),
