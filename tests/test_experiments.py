@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 from advnets.data import build_datamodule
 from advnets.module import GAN
+from advnets.run import UserError
 from conftest import compose
 from test_tfd import write_tfd
 
@@ -61,12 +62,18 @@ def test_stage_2_loads_stage_1_generator(tmp_path):
     check = KeepsStage1()
     cfg = compose("experiment=tfd_stage2", SMALL_2, f"model.generator.init_from={tmp_path / 'stage1.ckpt'}", *common,
                   output_dir=tmp_path / "s2")
-    stage2, _ = fit(cfg, tmp_path / "s2", 2, [check])
+    stage2, trainer2 = fit(cfg, tmp_path / "s2", 2, [check])
     assert check.checked and stage2.d_updates == 1  # a fresh D, trained from scratch
     assert not torch.equal(stage2.discriminator.net[1].linear.weight, stage1.discriminator.net[1].linear.weight)
+    # A stage-2 checkpoint loads (as eval.py loads it) after the stage-1 file is gone.
+    trainer2.save_checkpoint(tmp_path / "stage2.ckpt")
+    (tmp_path / "stage1.ckpt").unlink()
+    loaded = GAN.load_from_checkpoint(tmp_path / "stage2.ckpt", map_location="cpu", weights_only=True)
+    for key, value in stage2.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
 
 
 def test_stage_2_without_checkpoint_says_what_to_pass(tmp_path):
     cfg = compose("experiment=tfd_stage2", SMALL_2)
-    with pytest.raises(ValueError, match="init_from must name a stage-1 checkpoint"):
+    with pytest.raises(UserError, match="init_from must name a stage-1 checkpoint"):
         GAN(OmegaConf.to_container(cfg, resolve=True))

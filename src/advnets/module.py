@@ -18,6 +18,7 @@ from advnets.figures import display, save_figures
 from advnets.losses import discriminator_loss, generator_loss
 from advnets.metrics import ParzenLogLikelihood
 from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
+from advnets.nets.stages import init_from, load_generator_tail
 from advnets.optim import build_optimizer, start_epoch
 
 SCHEDULES = ("alternating", "simultaneous")
@@ -55,6 +56,9 @@ class GAN(pl.LightningModule):
         self.k = int(self.cfg.k)
         self.schedule = self.cfg.schedule
         self.generator = build_generator(self.cfg.model, self.shape)
+        # TFD stage 2: stage 1's generator layers, loaded when a fresh fit starts (setup), so that a
+        # stage-2 checkpoint loads and evaluates without the stage-1 file.
+        self.init_from = init_from(self.cfg.model.generator)
         self.discriminator = build_discriminator(self.cfg.model, self.shape)
         if self.cfg.model.get("compile"):
             # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are.
@@ -93,6 +97,8 @@ class GAN(pl.LightningModule):
         if stage == "fit" and dm is not None and self.d_updates == 0:
             # Checkpoint weights, if any, are loaded after this and overwrite it.
             self.generator.init_output_bias(dm.pixel_mean().to(self.generator.output_layer.bias.device))
+        if stage == "fit" and self.init_from and self.trainer.ckpt_path is None:
+            load_generator_tail(self.generator, self.init_from)
 
     def configure_optimizers(self):
         opt = self.cfg.optimizer

@@ -11,13 +11,7 @@ from advnets.nets.mlp import Generator, Maxout, MaxoutDiscriminator, apply_max_c
 def build_generator(model_cfg: Mapping, shape: Sequence[int]) -> nn.Module:
     if model_cfg.get("name") == "conv":
         return conv.build_conv_generator(model_cfg, shape)
-    generator = mlp.build_generator(model_cfg, shape)
-    from advnets.nets.stages import init_from, load_generator_tail
-
-    ckpt = init_from(model_cfg["generator"])
-    if ckpt:  # TFD stage 2: stage 1's layers behind new ones
-        load_generator_tail(generator, ckpt)
-    return generator
+    return mlp.build_generator(model_cfg, shape)
 
 
 def build_discriminator(model_cfg: Mapping, shape: Sequence[int]) -> nn.Module:

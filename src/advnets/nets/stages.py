@@ -12,40 +12,39 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from advnets.run import UserError, load_checkpoint
+
 
 def init_from(generator_cfg) -> str | None:
-    """`generator.init_from`, raising when a config marks it mandatory (???) and it was not given."""
+    """`generator.init_from`: the stage-1 checkpoint, required where the config marks it mandatory (???)."""
     from omegaconf import DictConfig, OmegaConf
 
-    if isinstance(generator_cfg, DictConfig) and "init_from" in generator_cfg.keys() \
-            and OmegaConf.is_missing(generator_cfg, "init_from"):
-        raise ValueError("model.generator.init_from must name a stage-1 checkpoint: "
-                         "model.generator.init_from=<stage 1 run>/checkpoints/last.ckpt")
-    value = generator_cfg.get("init_from")
-    if value == "???":
-        raise ValueError("model.generator.init_from must name a stage-1 checkpoint: "
-                         "model.generator.init_from=<stage 1 run>/checkpoints/last.ckpt")
+    missing = (isinstance(generator_cfg, DictConfig) and "init_from" in generator_cfg.keys()  # `in` skips ???
+               and OmegaConf.is_missing(generator_cfg, "init_from"))
+    value = None if missing else generator_cfg.get("init_from")
+    if missing or value == "???":
+        raise UserError("model.generator.init_from must name a stage-1 checkpoint: "
+                        "model.generator.init_from=<stage 1 run>/checkpoints/last.ckpt")
     return value or None
 
 
 def load_generator_tail(generator: nn.Module, ckpt_path: str) -> int:
     """Copy the checkpoint's generator linear layers into the last ones of `generator`; returns how many."""
     path = Path(str(ckpt_path)).expanduser()
-    if str(ckpt_path) in ("", "???", "None") or not path.is_file():
-        raise ValueError(f"model.generator.init_from must name a stage-1 checkpoint (a .ckpt file); got {ckpt_path!r}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
+    if not path.is_file():
+        raise UserError(f"model.generator.init_from: stage-1 checkpoint not found: {path}")
+    state = load_checkpoint(path)["state_dict"]  # weights_only: never runs pickled code
     prefix = "generator.net."
     old = sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)})
     linears = [m for m in generator.net if isinstance(m, nn.Linear)]
     old_linears = [i for i in old if f"{prefix}{i}.weight" in state]
     if not old_linears or len(old_linears) > len(linears):
-        raise ValueError(f"{path} holds {len(old_linears)} generator layers; this generator has {len(linears)}")
+        raise UserError(f"{path} holds {len(old_linears)} generator layers; this generator has {len(linears)}")
     with torch.no_grad():
         for layer, i in zip(linears[len(linears) - len(old_linears):], old_linears):
             weight, bias = state[f"{prefix}{i}.weight"], state[f"{prefix}{i}.bias"]
             if weight.shape != layer.weight.shape:
-                raise ValueError(f"{path}: generator layer {i} has shape {tuple(weight.shape)}, the stage-2 "
+                raise UserError(f"{path}: generator layer {i} has shape {tuple(weight.shape)}, the stage-2 "
                                  f"generator expects {tuple(layer.weight.shape)}")
             layer.weight.copy_(weight)
             layer.bias.copy_(bias)
