@@ -21,9 +21,6 @@ from advnets.nets import apply_max_col_norm, build_discriminator, build_generato
 from advnets.nets.stages import init_from, load_generator_tail
 from advnets.optim import build_optimizer, start_epoch
 
-SCHEDULES = ("alternating", "simultaneous")
-
-
 def draw_noise(n: int, dim: int, kind: str, generator: torch.Generator, device: torch.device | str) -> Tensor:
     """The one place noise is drawn. uniform: U(-sqrt 3, sqrt 3)^dim (unit variance); normal: N(0, I)."""
     if kind == "uniform":

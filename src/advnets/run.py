@@ -47,22 +47,23 @@ def resume_command(ckpt: str) -> str:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn known, fixable problems into `error: <what to fix>` on stderr and exit status 2."""
-    from advnets.data import DataError
-
     try:
         yield
-    except (UserError, DataError) as e:
+    except UserError as e:  # advnets.data.DataError too
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 2))
+        sys.exit(e.exit_code)
     except Preempted as e:
         print(f"{e}: checkpoint saved to {e.ckpt}; resume with:\n  {resume_command(e.ckpt)}", file=sys.stderr)
         sys.exit(128 + e.signum)
 
 
+# The update schedules GAN.training_step implements (here, so that checking a config imports no Lightning).
+SCHEDULES = ("alternating", "simultaneous")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings that cannot train, before any work is done."""
     from advnets.losses import GENERATOR_LOSSES
-    from advnets.module import SCHEDULES
 
     if not isinstance(cfg.k, int) or cfg.k < 1:
         raise UserError(f"k must be an integer >= 1 (discriminator steps per generator step), got {cfg.k!r}")

@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from advnets.run import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """Missing or malformed data files; the message names the path and what to do."""
 
 
