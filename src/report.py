@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from advnets.run import UserError, user_errors
+
 
 @dataclass
 class Run:
@@ -24,11 +26,6 @@ class Run:
     overrides: list[str]
     final: dict[str, float]  # the last value of every logged metric
     val: list[tuple[float, float]]  # (G updates, val/parzen_ll) at every validation
-
-
-def refuse(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def metrics_file(folder: Path) -> Path | None:
@@ -69,13 +66,13 @@ def find_runs(dirs: list[Path]) -> list[Run]:
     runs = []
     for d in dirs:
         if not d.is_dir():
-            refuse(f"{d} is not a folder")
+            raise UserError(f"{d} is not a folder")
         if metrics_file(d):
             runs.append(read_run(d))
             continue
         jobs = sorted((p for p in d.iterdir() if p.is_dir() and metrics_file(p)), key=lambda p: (job_number(p), p.name))
         if not jobs:
-            refuse(f"no runs in {d}: a run folder holds csv/version_N/metrics.csv (written with the default "
+            raise UserError(f"no runs in {d}: a run folder holds csv/version_N/metrics.csv (written with the default "
                    f"logger, or logger=csv)")
         runs.extend(read_run(p) for p in jobs)
     return runs
@@ -145,4 +142,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()
