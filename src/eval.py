@@ -45,8 +45,6 @@ def evaluate(cfg: DictConfig) -> dict:
     import torch
 
     from advnets.figures import save_figures
-    from advnets.metrics import parzen_protocol
-    from advnets.metrics.folds import over_folds
     from advnets.module import GAN
 
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -63,54 +61,68 @@ def evaluate(cfg: DictConfig) -> dict:
         module = GAN.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
         run_cfg = module.hparams["config"]
         dataset_cfg = rebase_paths(run_cfg["dataset"], run_cfg["paths"]["data_dir"], cfg.paths.data_dir)
-        label = f"Adversarial nets (ours: {path})"
     splits = load_splits(dataset_cfg, int(cfg.seed))
 
     gen = torch.Generator().manual_seed(int(cfg.seed))
     if module is None:
-        centres = splits["train"][torch.randperm(len(splits["train"]), generator=gen)[: int(cfg.n_samples)]]
+        centres = {"true_data": splits["train"][torch.randperm(len(splits["train"]), generator=gen)[: int(cfg.n_samples)]]}
     else:
-        centres = module.sample(int(cfg.n_samples), torch.Generator(device=device).manual_seed(int(cfg.seed)))
-    centres = centres.to(device)
+        # Every generator the checkpoint holds (G, and its EMA when trained with one), from the same noise.
+        centres = {which: module.sample(int(cfg.n_samples), torch.Generator(device=device).manual_seed(int(cfg.seed)),
+                                        which=which) for which in module.generators}
 
     name = dataset_cfg["name"]
-    if name == "tfd":
-        # The paper: sigma picked on each fold's valid split, the test mean per fold, then the mean over
-        # folds with the standard error across folds. G and the centres are shared: they come from the
-        # unlabeled rows, the same in every fold.
-        folds = [int(f) for f in (cfg.get("folds") or range(5))]
-        per_fold = []
-        for fold in folds:
-            s = splits if fold == int(dataset_cfg.get("fold", 0)) else load_splits({**dataset_cfg, "fold": fold},
-                                                                                  int(cfg.seed))
-            per_fold.append(parzen_protocol(centres, s["valid"].to(device), s["test"].to(device)))
-        ll, se = over_folds(per_fold)
-        result = per_fold[0]
-        fold_report = [{"fold": f, "ll": r.ll, "se": r.se, "sigma": r.sigma, "n_points": r.n_points}
-                       for f, r in zip(folds, per_fold)]
-        print("\n".join(f"fold {r['fold']}: {r['ll']:.1f} ± {r['se']:.1f} (sigma {r['sigma']:.4f})"
-                        for r in fold_report))
-    else:
-        n_select = dataset_cfg.get("parzen_select")
-        select = splits["valid"] if n_select is None else splits["valid"][: int(n_select)]
-        result = parzen_protocol(centres, select.to(device), splits["test"].to(device))
-        ll, se, fold_report = result.ll, result.se, None
+    folds = [int(f) for f in (cfg.get("folds") or range(5))] if name == "tfd" else None
+    fold_splits = None
+    if folds is not None:
+        fold_splits = {f: splits if f == int(dataset_cfg.get("fold", 0)) else
+                       load_splits({**dataset_cfg, "fold": f}, int(cfg.seed)) for f in folds}
+    rows = {which: score(c.to(device), splits, dataset_cfg, fold_splits, device) for which, c in centres.items()}
+    for which, row in rows.items():
+        for r in row.get("folds", []):
+            print(f"{which} fold {r['fold']}: {r['ll']:.1f} ± {r['se']:.1f} (sigma {r['sigma']:.4f})")
 
-    report = {"ll": ll, "se": se, "sigma": result.sigma, "n_samples": result.n_samples,
-              "n_points": result.n_points, "dataset": name, "reference": cfg.reference,
+    first = next(iter(rows.values()))
+    report = {**first, "dataset": name, "reference": cfg.reference,
               "ckpt_path": None if module is None else str(cfg.ckpt_path)}
-    if fold_report is not None:
-        report.update(folds=fold_report, sigma=[r["sigma"] for r in fold_report],
-                      n_points=sum(r["n_points"] for r in fold_report))
+    if "ema" in rows:
+        report["ema"] = {**rows["ema"], "decay": float(module.cfg.model.ema_decay)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "parzen.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = table_1(name, label, ll, se, result.sigma if fold_report is None else None)
+    ours = [(label, first)] if module is None else [(f"Adversarial nets (ours, G: {path})", first)]
+    if "ema" in rows:
+        ours.append((f"Adversarial nets (ours, EMA of G, decay {report['ema']['decay']}: {path})", rows["ema"]))
+    table = table_1(name, ours)
     (out_dir / "table_1.md").write_text(table + "\n")
     print(table)
 
-    figures = {} if module is None else save_figures(module, splits["train"], out_dir / "figures", seed=int(cfg.seed))
+    figures = {} if module is None else save_figures(module, splits["train"], out_dir / "figures", seed=int(cfg.seed),
+                                                     which=module.generators[-1])
     log_to_wandb(cfg, report, table, figures)
     return report
+
+
+def score(centres, splits: dict, dataset_cfg: dict, fold_splits: dict | None, device) -> dict:
+    """The paper's protocol for one set of centres: {ll, se, sigma, n_samples, n_points[, folds]}.
+
+    TFD (fold_splits given): sigma picked on each fold's valid split, the test mean per fold, then the
+    mean over folds with the standard error across folds. The centres come from the unlabeled rows
+    (G is trained on them), the same in every fold.
+    """
+    from advnets.metrics import parzen_protocol
+    from advnets.metrics.folds import over_folds
+
+    if fold_splits is None:
+        n_select = dataset_cfg.get("parzen_select")
+        select = splits["valid"] if n_select is None else splits["valid"][: int(n_select)]
+        r = parzen_protocol(centres, select.to(device), splits["test"].to(device))
+        return {"ll": r.ll, "se": r.se, "sigma": r.sigma, "n_samples": r.n_samples, "n_points": r.n_points}
+    per_fold = {f: parzen_protocol(centres, s["valid"].to(device), s["test"].to(device)) for f, s in fold_splits.items()}
+    ll, se = over_folds(list(per_fold.values()))
+    fold_report = [{"fold": f, "ll": r.ll, "se": r.se, "sigma": r.sigma, "n_points": r.n_points}
+                   for f, r in per_fold.items()]
+    return {"ll": ll, "se": se, "sigma": [r["sigma"] for r in fold_report], "n_samples": len(centres),
+            "n_points": sum(r["n_points"] for r in fold_report), "folds": fold_report}
 
 
 def load_splits(dataset_cfg: dict, seed: int) -> dict:
@@ -121,14 +133,16 @@ def load_splits(dataset_cfg: dict, seed: int) -> dict:
     return datamodule.splits
 
 
-def table_1(dataset: str, label: str, ll: float, se: float, sigma: float | None) -> str:
-    """sigma None: picked per fold (TFD), listed in parzen.json."""
+def table_1(dataset: str, ours: list[tuple[str, dict]]) -> str:
+    """The paper's rows for `dataset`, then ours: (label, {ll, se, sigma}); a list of sigmas: picked per fold (TFD)."""
     lines = [f"| Model | {dataset.upper()} Parzen log-likelihood (nats) | sigma |", "|---|---|---|"]
     for model, scores in PAPER_TABLE_1.items():
         if dataset in scores:
             mean, err = scores[dataset]
             lines.append(f"| {model} (paper) | {mean} ± {err} | |")
-    lines.append(f"| {label} | {ll:.1f} ± {se:.1f} | {'per fold' if sigma is None else f'{sigma:.4f}'} |")
+    for label, row in ours:
+        sigma = "per fold" if isinstance(row["sigma"], list) else f"{row['sigma']:.4f}"
+        lines.append(f"| {label} | {row['ll']:.1f} ± {row['se']:.1f} | {sigma} |")
     return "\n".join(lines)
 
 
@@ -143,6 +157,9 @@ def log_to_wandb(cfg: DictConfig, report: dict, table: str, figures: dict) -> No
                      name=w.name or f"eval-{report['reference'] or Path(str(report['ckpt_path'])).parent.parent.name}",
                      config=OmegaConf.to_container(cfg, resolve=True))
     run.summary.update({f"eval/parzen_{k}": report[k] for k in ("ll", "se", "sigma") if not isinstance(report[k], list)})
+    if "ema" in report:
+        run.summary.update({f"eval/ema_parzen_{k}": report["ema"][k] for k in ("ll", "se", "sigma")
+                            if not isinstance(report["ema"][k], list)})
     run.log({"table_1": wandb.Html(f"<pre>{table}</pre>"),
              **{key: wandb.Image(str(path)) for key, path in figures.items()}})
 

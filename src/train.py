@@ -31,7 +31,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from advnets.data import build_datamodule
-    from advnets.guards import DivergenceGuard, PreemptionHandler, last_good_checkpoint
+    from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint
     from advnets.module import GAN
     from advnets.run import Preempted, build_loggers
 
@@ -44,6 +44,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     try:
         trainer = pl.Trainer(**cfg.trainer, logger=build_loggers(cfg) or False,
                              callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(), preemption,
+                                        CollapseMonitor(**cfg.callbacks.collapse),
                                         *(instantiate(c) for c in cfg.callbacks.extra)])
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

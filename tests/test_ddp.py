@@ -39,7 +39,7 @@ class RankProbe(pl.Callback):
                        "params": {n: p.detach().clone() for n, p in module.named_parameters()}}
 
     def on_test_end(self, trainer, module) -> None:
-        self.record["parzen"] = (module.last_parzen.n_samples, module.last_parzen.n_points)
+        self.record["parzen"] = (module.last_parzen["raw"].n_samples, module.last_parzen["raw"].n_points)
         torch.save(self.record, self.folder / f"rank{trainer.global_rank}.pt")
 
 

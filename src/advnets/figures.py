@@ -72,18 +72,19 @@ def figure_3(generator, z_start: Tensor, z_end: Tensor, steps: int = 10) -> Tens
     return _grid([list(row.cpu()) for row in images], gap_before_last=False)
 
 
-def save_figures(module, train_data: Tensor, folder: Path, seed: int = 0) -> dict[str, Path]:
-    """Write figure_2.png and figure_3.png for `module`'s generator; returns their paths."""
+def save_figures(module, train_data: Tensor, folder: Path, seed: int = 0, which: str = "raw") -> dict[str, Path]:
+    """Write figure_2.png and figure_3.png for `module`'s generator (`which`: raw or ema); returns their paths."""
     from torchvision.utils import save_image
 
     gen = torch.Generator(device=module.device).manual_seed(seed)
-    was_training = module.generator.training
-    module.generator.eval()
+    net = module.generator_for(which)
+    was_training = net.training
+    net.eval()
     try:
-        fig2 = figure_2(module.sample(5 * 5, gen), train_data)
-        fig3 = figure_3(module.generator, module.noise(8, gen), module.noise(8, gen))
+        fig2 = figure_2(module.sample(5 * 5, gen, which=which), train_data)
+        fig3 = figure_3(net, module.noise(8, gen), module.noise(8, gen))
     finally:
-        module.generator.train(was_training)
+        net.train(was_training)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"figure_2": folder / "figure_2.png", "figure_3": folder / "figure_3.png"}
     save_image(fig2, paths["figure_2"])

@@ -12,9 +12,16 @@ from torch import Tensor
 GENERATOR_LOSSES = ("minimax", "nonsaturating")
 
 
-def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, scale: float = 0.5) -> Tensor:
-    """-scale * [mean log D(x) + mean log(1 - D(G(z)))]: D ascends V. The official code uses scale 0.5."""
-    return scale * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
+def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, scale: float = 0.5, real_label: float = 1.0) -> Tensor:
+    """-scale * [mean log D(x) + mean log(1 - D(G(z)))]: D ascends V. The official code uses scale 0.5.
+
+    real_label < 1 is one-sided label smoothing (Salimans et al. 2016): the real term becomes the cross
+    entropy with target real_label, -[a log D(x) + (1 - a) log(1 - D(x))]; generated data keep target 0.
+    """
+    real_term = F.softplus(-real_logits).mean()
+    if real_label != 1.0:
+        real_term = real_label * real_term + (1.0 - real_label) * F.softplus(real_logits).mean()
+    return scale * (real_term + F.softplus(fake_logits).mean())
 
 
 def generator_loss(fake_logits: Tensor, kind: str) -> Tensor:

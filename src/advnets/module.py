@@ -14,12 +14,14 @@ from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
+from advnets.ema import GeneratorEMA
 from advnets.figures import display, save_figures
 from advnets.losses import discriminator_loss, generator_loss
 from advnets.metrics import ParzenLogLikelihood
 from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
 from advnets.nets.stages import init_from, load_generator_tail
 from advnets.optim import build_optimizer, start_epoch
+from advnets.stabilisers import build_stabilisers
 
 def draw_noise(n: int, dim: int, kind: str, generator: torch.Generator, device: torch.device | str) -> Tensor:
     """The one place noise is drawn. uniform: U(-sqrt 3, sqrt 3)^dim (unit variance); normal: N(0, I)."""
@@ -57,6 +59,10 @@ class GAN(pl.LightningModule):
         # stage-2 checkpoint loads and evaluates without the stage-1 file.
         self.init_from = init_from(self.cfg.model.generator)
         self.discriminator = build_discriminator(self.cfg.model, self.shape)
+        # Optional (None: off): the averaged G, sampled from beside G; R1 on real data; noise on D's inputs.
+        ema_decay = self.cfg.model.get("ema_decay")
+        self.generator_ema = GeneratorEMA(self.generator, float(ema_decay)) if ema_decay else None
+        self.r1, self.instance_noise = build_stabilisers(self.cfg.get("stabilisers") or {})
         if self.cfg.model.get("compile"):
             # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are.
             self.generator.compile()
@@ -68,6 +74,7 @@ class GAN(pl.LightningModule):
         self.g_updates = 0
         self._last: dict[str, Tensor] = {}  # the latest losses and D outputs, for logging
         self.parzen = ParzenLogLikelihood()
+        self.parzen_ema = ParzenLogLikelihood() if self.generator_ema is not None else None
         self._noise_gen: torch.Generator | None = None
         self._fit_start = time.monotonic()
 
@@ -82,11 +89,25 @@ class GAN(pl.LightningModule):
         # make a resumed epoch draw exactly what the uninterrupted run drew.
         return torch.Generator(device=self.device).manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, *salt))
 
+    def generator_for(self, which: str) -> torch.nn.Module:
+        """`raw`: G as trained; `ema`: the average of its weights (model.ema_decay)."""
+        if which == "raw":
+            return self.generator
+        if which == "ema" and self.generator_ema is not None:
+            return self.generator_ema.generator
+        raise ValueError(f"no {which!r} generator in this run (model.ema_decay={self.cfg.model.get('ema_decay')})")
+
+    @property
+    def generators(self) -> list[str]:
+        """The generators this run has: `raw`, and `ema` when model.ema_decay is set."""
+        return ["raw"] + (["ema"] if self.generator_ema is not None else [])
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, batch: int = 2000) -> Tensor:
-        """n samples from G (no dropout anywhere in G), drawn in chunks to bound memory."""
+    def sample(self, n: int, generator: torch.Generator | None = None, batch: int = 2000, which: str = "raw") -> Tensor:
+        """n samples from G, or from its average (`which="ema"`), drawn in chunks to bound memory."""
         gen = generator if generator is not None else self._seeded_generator(-1)
-        return torch.cat([self.generator(self.noise(min(batch, n - i), gen)) for i in range(0, n, batch)])
+        net = self.generator_for(which)
+        return torch.cat([net(self.noise(min(batch, n - i), gen)) for i in range(0, n, batch)])
 
     # --- training ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -96,11 +117,13 @@ class GAN(pl.LightningModule):
             self.generator.init_output_bias(dm.pixel_mean().to(self.generator.output_layer.bias.device))
         if stage == "fit" and self.init_from and self.trainer.ckpt_path is None:
             load_generator_tail(self.generator, self.init_from)
+        if stage == "fit" and self.generator_ema is not None:
+            self.generator_ema.reset(self.generator)  # a resume's checkpoint then overwrites it
 
     def configure_optimizers(self):
         opt = self.cfg.optimizer
-        return [build_optimizer(self.discriminator.parameters(), opt),
-                build_optimizer(self.generator.parameters(), opt)]
+        return [build_optimizer(self.discriminator.parameters(), opt, opt.get("d_lr")),
+                build_optimizer(self.generator.parameters(), opt, opt.get("g_lr"))]
 
     def on_train_start(self) -> None:
         self._fit_start = time.monotonic()
@@ -129,8 +152,7 @@ class GAN(pl.LightningModule):
         """One D ascent step on this fresh real minibatch and freshly drawn noise."""
         with torch.no_grad():
             fake = self.generator(self.noise(len(real)))
-        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
-        d_loss = discriminator_loss(real_logits, fake_logits, float(self.cfg.loss.d_scale))
+        real_logits, fake_logits, d_loss = self._discriminator_loss(real, fake)
         d_opt.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         d_opt.step()
@@ -138,6 +160,25 @@ class GAN(pl.LightningModule):
         self.d_updates += 1
         self._last.update(d_loss=d_loss.detach(), d_real=torch.sigmoid(real_logits.detach()).mean(),
                           d_fake=torch.sigmoid(fake_logits.detach()).mean())
+
+    def _discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """D's logits on real and generated data and its loss, with the stabilisers that are on."""
+        real, fake = self._d_input(real), self._d_input(fake)
+        if self.r1 is not None:
+            real_logits, penalty = self.r1.logits_and_penalty(self.discriminator, real)
+            self._last["r1_penalty"] = penalty.detach()
+        else:
+            real_logits, penalty = self.discriminator(real), 0.0
+        fake_logits = self.discriminator(fake)
+        loss = discriminator_loss(real_logits, fake_logits, float(self.cfg.loss.d_scale),
+                                  float(self.cfg.loss.get("real_label", 1.0)))
+        return real_logits, fake_logits, loss + penalty
+
+    def _d_input(self, x: Tensor) -> Tensor:
+        """What D sees of a batch: the batch, or the batch plus annealed instance noise."""
+        if self.instance_noise is None:
+            return x
+        return self.instance_noise(x, self.g_updates, self._noise_gen)
 
     def _generator_step(self, m: int, g_opt) -> None:
         """One G step on m freshly drawn noise vectors."""
@@ -147,6 +188,7 @@ class GAN(pl.LightningModule):
         self.manual_backward(fake, fake_grad)
         g_opt.step()
         self._after_update(self.generator)
+        self._update_ema()
         self.g_updates += 1
         self._last["g_loss"] = g_loss.detach()
 
@@ -159,7 +201,7 @@ class GAN(pl.LightningModule):
         """
         if fake_logits is None:
             fake_in = fake.detach().requires_grad_()
-            fake_logits = self.discriminator(fake_in)
+            fake_logits = self.discriminator(self._d_input(fake_in))
         g_loss = generator_loss(fake_logits, self.cfg.loss.generator)
         (grad,) = torch.autograd.grad(g_loss, fake_in, retain_graph=True)
         return g_loss, grad
@@ -168,8 +210,7 @@ class GAN(pl.LightningModule):
         """The official code: one forward pass, both gradients at the same parameters and dropout masks."""
         fake = self.generator(self.noise(len(real)))
         fake_in = fake.detach().requires_grad_()
-        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake_in)
-        d_loss = discriminator_loss(real_logits, fake_logits, float(self.cfg.loss.d_scale))
+        real_logits, fake_logits, d_loss = self._discriminator_loss(real, fake_in)
         g_loss, fake_grad = self._generator_loss_and_grad(fake, fake_logits, fake_in)
         d_opt.zero_grad(set_to_none=True)
         g_opt.zero_grad(set_to_none=True)
@@ -179,6 +220,7 @@ class GAN(pl.LightningModule):
         g_opt.step()
         self._after_update(self.discriminator)
         self._after_update(self.generator)
+        self._update_ema()
         self.d_updates += 1
         self.g_updates += 1
         self._last.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
@@ -188,6 +230,10 @@ class GAN(pl.LightningModule):
     def _after_update(self, net: torch.nn.Module) -> None:
         if self.cfg.model.get("max_col_norm"):
             apply_max_col_norm(net, float(self.cfg.model.max_col_norm))
+
+    def _update_ema(self) -> None:
+        if self.generator_ema is not None:
+            self.generator_ema.update(self.generator)
 
     def _train_metrics(self) -> dict[str, Any]:
         group = self.optimizers()[0].optimizer.param_groups[0]
@@ -215,14 +261,15 @@ class GAN(pl.LightningModule):
         self._parzen_points(batch, dataloader_idx)
 
     def _parzen_points(self, batch: Tensor, dataloader_idx: int) -> None:
-        if dataloader_idx == 0:
-            self.parzen.update(select_points=batch)
-        else:
-            self.parzen.update(test_points=batch)
+        for metric in (self.parzen, self.parzen_ema):
+            if metric is not None:
+                metric.update(**{"select_points" if dataloader_idx == 0 else "test_points": batch})
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self.parzen.reset()
+            for metric in (self.parzen, self.parzen_ema):
+                if metric is not None:
+                    metric.reset()
             return
         self._log_parzen("val", int(self.cfg.parzen.val_samples))
 
@@ -231,48 +278,59 @@ class GAN(pl.LightningModule):
 
     def _log_parzen(self, prefix: str, n_samples: int) -> None:
         # Each rank draws its share of the centres from its own noise; the metric gathers them.
+        # The EMA G's centres come from the same noise as G's: the two estimates differ only by the weights.
         share = -(-n_samples // self.trainer.world_size)
-        self.parzen.update(centres=self.sample(share, self._seeded_generator(-2)))
-        result = self.parzen.compute()
-        self.parzen.reset()
+        logged = {f"{prefix}/g_updates": float(self.g_updates)}  # the x axis of src/report.py's plot
+        self.last_parzen = {}
+        for which, metric in (("raw", self.parzen), ("ema", self.parzen_ema)):
+            if metric is None:
+                continue
+            metric.update(centres=self.sample(share, self._seeded_generator(-2), which=which))
+            result = metric.compute()
+            metric.reset()
+            name = f"{prefix}/parzen" if which == "raw" else f"{prefix}/ema_parzen"
+            logged.update({f"{name}_ll": result.ll, f"{name}_se": result.se, f"{name}_sigma": result.sigma})
+            self.last_parzen[which] = result
         # Every rank computed the same result from the gathered states: the mean over ranks is that result.
-        # g_updates beside it: the x axis of src/report.py's plot.
-        self.log_dict({f"{prefix}/parzen_ll": result.ll, f"{prefix}/parzen_se": result.se,
-                       f"{prefix}/parzen_sigma": result.sigma, f"{prefix}/g_updates": float(self.g_updates)},
-                      sync_dist=True)
-        self.last_parzen = result
+        self.log_dict(logged, sync_dist=True)
 
     # --- images --------------------------------------------------------------------------------
     @rank_zero_only
     def log_samples(self) -> None:
-        """The 10x10 grid of G(fixed_z): a PNG in the run folder and the `samples` image in W&B."""
+        """The 10x10 grid of G(fixed_z): a PNG in the run folder and the `samples` image in W&B.
+
+        With model.ema_decay set, the EMA G's grid beside it: samples_ema/ and `ema_samples`.
+        """
         from torchvision.utils import make_grid, save_image
 
-        was_training = self.generator.training
-        self.generator.eval()
-        with torch.no_grad():
-            images = self.generator(self.fixed_z)
-        self.generator.train(was_training)
-        grid = make_grid(display(images), nrow=10, padding=2, pad_value=1.0)
-        folder = Path(self.trainer.default_root_dir) / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        save_image(grid, folder / f"epoch_{self.current_epoch + 1:04d}.png")
-        for logger in self.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image(key="samples", images=[grid.cpu()], step=self.trainer.global_step,
-                                 caption=[f"epoch {self.current_epoch + 1}"])
+        for which in self.generators:
+            net = self.generator_for(which)
+            was_training = net.training
+            net.eval()
+            with torch.no_grad():
+                images = net(self.fixed_z)
+            net.train(was_training)
+            grid = make_grid(display(images), nrow=10, padding=2, pad_value=1.0)
+            folder = Path(self.trainer.default_root_dir) / ("samples" if which == "raw" else "samples_ema")
+            folder.mkdir(parents=True, exist_ok=True)
+            save_image(grid, folder / f"epoch_{self.current_epoch + 1:04d}.png")
+            for logger in self.loggers:
+                if hasattr(logger, "log_image"):
+                    logger.log_image(key="samples" if which == "raw" else "ema_samples", images=[grid.cpu()],
+                                     step=self.trainer.global_step, caption=[f"epoch {self.current_epoch + 1}"])
 
     def on_train_end(self) -> None:
         self.log_figures()
 
     @rank_zero_only
     def log_figures(self) -> None:
-        """The paper's Figures 2 and 3 for the final generator: PNGs in the run folder, images in W&B."""
+        """The paper's Figures 2 and 3 for the final generator (the EMA G when there is one): PNGs, W&B images."""
         datamodule = self.trainer.datamodule
         if datamodule is None:  # fitted on bare dataloaders: no training set to find neighbours in
             return
         folder = Path(self.trainer.default_root_dir) / "figures"
-        paths = save_figures(self, datamodule.splits["train"], folder, seed=int(self.cfg.seed))
+        paths = save_figures(self, datamodule.splits["train"], folder, seed=int(self.cfg.seed),
+                             which=self.generators[-1])
         for logger in self.loggers:
             if hasattr(logger, "log_image"):
                 for key, path in paths.items():

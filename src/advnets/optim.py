@@ -54,12 +54,14 @@ def momentum_at(epoch: int, start: float, end: float, saturate_epoch: int) -> fl
     return start + (end - start) * frac
 
 
-def build_optimizer(params: Iterable[Tensor], cfg: Mapping) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable[Tensor], cfg: Mapping, lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimiser `cfg` names; `lr` (this net's own, e.g. optimizer.d_lr) replaces cfg.lr when given."""
+    lr = float(cfg["lr"] if lr is None else lr)
     if cfg["name"] == "momentum":
-        return ClassicMomentum(params, lr=float(cfg["lr"]), momentum=float(cfg["momentum_start"]),
+        return ClassicMomentum(params, lr=lr, momentum=float(cfg["momentum_start"]),
                                lr_decay=float(cfg["lr_decay"]), min_lr=float(cfg["min_lr"]))
     if cfg["name"] == "adam":
-        return torch.optim.Adam(params, lr=float(cfg["lr"]), betas=tuple(cfg["betas"]))
+        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]))
     raise ValueError(f"unknown optimizer {cfg['name']!r}: choose momentum or adam")
 
 

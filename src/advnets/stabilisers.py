@@ -1,0 +1,58 @@
+"""Stabilisers of D's update, each off by default (the paper has none); see docs/stability.md.
+
+- `R1Penalty`: gamma/2 * E_x ||grad_x D(x)||^2 on real data, D(x) the logit (Mescheder et al. 2018,
+  "Which training methods for GANs do actually converge?").
+- `InstanceNoise`: Gaussian noise on every input of D, real and generated, its std annealed linearly
+  to 0 (Sonderby et al. 2017, "Amortised MAP inference for image super-resolution").
+- One-sided label smoothing (Salimans et al. 2016) is `loss.real_label` (advnets.losses), and the two
+  time-scale rule (Heusel et al. 2017) is `optimizer.d_lr` / `optimizer.g_lr` (advnets.optim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+
+class R1Penalty:
+    """gamma/2 * mean over the batch of ||grad_x D(x)||^2, differentiable w.r.t. D's weights."""
+
+    def __init__(self, gamma: float):
+        if gamma <= 0:
+            raise ValueError(f"r1_gamma must be > 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def logits_and_penalty(self, discriminator: nn.Module, real: Tensor) -> tuple[Tensor, Tensor]:
+        """D's logits on `real` and the penalty, from one forward pass (same dropout masks)."""
+        real = real.detach().requires_grad_()
+        logits = discriminator(real)
+        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        return logits, 0.5 * self.gamma * grad.pow(2).flatten(1).sum(1).mean()
+
+
+class InstanceNoise:
+    """x + N(0, std^2), std = std0 * (1 - G updates / anneal_updates), 0 from then on."""
+
+    def __init__(self, std: float, anneal_updates: int):
+        if std <= 0 or anneal_updates < 1:
+            raise ValueError(f"instance noise needs std > 0 and anneal_updates >= 1, got {std}, {anneal_updates}")
+        self.std0, self.anneal_updates = float(std), int(anneal_updates)
+
+    def std(self, g_updates: int) -> float:
+        return self.std0 * max(0.0, 1.0 - g_updates / self.anneal_updates)
+
+    def __call__(self, x: Tensor, g_updates: int, generator: torch.Generator) -> Tensor:
+        std = self.std(g_updates)
+        if std == 0.0:
+            return x
+        return x + std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def build_stabilisers(cfg: Mapping) -> tuple[R1Penalty | None, InstanceNoise | None]:
+    """The `stabilisers` config block as objects (None: off)."""
+    gamma = cfg.get("r1_gamma")
+    std = cfg.get("instance_noise_std")
+    return (R1Penalty(float(gamma)) if gamma else None,
+            InstanceNoise(float(std), int(cfg.get("instance_noise_anneal_updates") or 1)) if std else None)
