@@ -20,7 +20,7 @@ class GeneratorEMA(nn.Module):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"model.ema_decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
-        self.generator = copy.deepcopy(generator).requires_grad_(False).eval()
+        self.generator = copy.deepcopy(generator).requires_grad_(False)
 
     @torch.no_grad()
     def reset(self, generator: nn.Module) -> None:
@@ -33,6 +33,3 @@ class GeneratorEMA(nn.Module):
         torch._foreach_lerp_(averaged, [p.detach() for p in generator.parameters()], 1.0 - self.decay)
         for mine, theirs in zip(self.generator.buffers(), generator.buffers()):
             mine.copy_(theirs)
-
-    def train(self, mode: bool = True):  # the average is never trained (and G has no dropout anyway)
-        return super().train(False)
