@@ -2,15 +2,23 @@
 
 DIR is a multirun folder (its job folders are the runs) or a run folder. Each run is read from what it
 wrote locally: `.hydra/` (its overrides) and `csv/version_N/metrics.csv` (the CSV logger, on by
-default). Prints a markdown table of each run's final metrics and writes it to FOLDER/report.md, with
-FOLDER/report.png: `val/parzen_ll` against G updates, one line per run. FOLDER defaults to DIR when one
-DIR is given, else the current folder.
+default). Prints two markdown tables and writes them to FOLDER/report.md, with FOLDER/report.png:
+
+- over seeds: runs whose overrides differ only in `seed` are one setting; per setting, the number of
+  seeds, how many collapsed (train/collapsed, see CollapseMonitor), and mean +- s.e. over seeds (ddof 1)
+  of the per-epoch estimate val/parzen_ll (and val/ema_parzen_ll) at the last epoch every seed reached,
+  at `--epoch N`, and of the full protocol test/parzen_ll where every seed has it;
+- per run: each run's final metrics.
+
+The plot draws, per setting, the mean val/parzen_ll over seeds against epochs with a band of +- one
+s.e. (dashed: the EMA G). FOLDER defaults to DIR when one DIR is given, else the current folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +33,7 @@ class Run:
     folder: Path
     overrides: list[str]
     final: dict[str, float]  # the last value of every logged metric
-    val: list[tuple[float, float]]  # (G updates, val/parzen_ll) at every validation
+    val: dict[int, dict[str, float]]  # 1-based epoch -> that validation's val/* values
 
 
 def metrics_file(folder: Path) -> Path | None:
@@ -45,13 +53,13 @@ def overrides(folder: Path) -> list[str]:
 
 def read_run(folder: Path) -> Run:
     final: dict[str, float] = {}
-    val: list[tuple[float, float]] = []
+    val: dict[int, dict[str, float]] = {}
     with open(metrics_file(folder), newline="") as f:
         for row in csv.DictReader(f):
             values = {k: float(v) for k, v in row.items() if v not in ("", None)}
             final.update(values)
-            if "val/parzen_ll" in values and "val/g_updates" in values:  # runs older than val/g_updates: no line
-                val.append((values["val/g_updates"], values["val/parzen_ll"]))
+            if "val/parzen_ll" in values and "epoch" in values:
+                val[int(values["epoch"]) + 1] = {k: v for k, v in values.items() if k.startswith("val/")}
     return Run(folder, overrides(folder), final, val)
 
 
@@ -105,6 +113,65 @@ def table(runs: list[Run]) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
+def setting_of(run: Run) -> tuple[str, ...]:
+    """A run's overrides without its seed: the runs of one setting differ only in seed."""
+    return tuple(o for o in run.overrides if not o.startswith("seed="))
+
+
+def settings(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by setting, labelled by the overrides that differ between settings, in first-seen order."""
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for r in runs:
+        groups.setdefault(setting_of(r), []).append(r)
+    keys = list(groups)
+    common = [o for o in keys[0] if all(o in k for k in keys)] if len(keys) > 1 else list(keys[0])
+    return {",".join(o for o in k if o not in common) or "defaults": groups[k] for k in keys}
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error over seeds, std(ddof=1) / sqrt(n); the s.e. is nan for one seed."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean, se = mean_se(values)
+    return f"{mean:.1f}" if math.isnan(se) else f"{mean:.1f} +- {se:.1f}"
+
+
+def seeds_table(runs: list[Run], epoch: int | None = None) -> str:
+    """Per setting: seeds, collapsed, val/parzen_ll (raw, EMA) at the last common epoch and at `epoch`, test/."""
+    head = "| setting | seeds | collapsed | last epoch | val/parzen_ll | val/ema_parzen_ll |"
+    if epoch is not None:
+        head += f" val/parzen_ll @{epoch} | val/ema_parzen_ll @{epoch} |"
+    head += " test/parzen_ll | test/ema_parzen_ll |"
+    lines = ["Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)) of each setting's runs.\n", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for label, group in settings(runs).items():
+        last = min((max(r.val) for r in group if r.val), default=None) if all(r.val for r in group) else None
+
+        def at(e, key):
+            return [r.val[e][key] for r in group if e in r.val and key in r.val[e]] if e else []
+
+        def final(key):
+            values = [r.final[key] for r in group if key in r.final]
+            return values if len(values) == len(group) else []
+
+        collapsed = sum(r.final.get("train/collapsed", 0.0) > 0 for r in group)
+        row = (f"| `{label}` | {len(group)} | {collapsed} | {last or '-'} | {fmt(at(last, 'val/parzen_ll'))} | "
+               f"{fmt(at(last, 'val/ema_parzen_ll'))} |")
+        if epoch is not None:
+            row += f" {fmt(at(epoch, 'val/parzen_ll'))} | {fmt(at(epoch, 'val/ema_parzen_ll'))} |"
+        row += f" {fmt(final('test/parzen_ll'))} | {fmt(final('test/ema_parzen_ll'))} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
 def plot(runs: list[Run], path: Path) -> None:
     import matplotlib
 
@@ -112,12 +179,20 @@ def plot(runs: list[Run], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r, label in zip(runs, split_overrides(runs)[1]):
-        if r.val:
-            x, y = zip(*r.val)
-            ax.plot(x, y, marker="o", label=label)
-    ax.set_xlabel("G updates")
-    ax.set_ylabel("val/parzen_ll (nats)")
+    for i, (label, group) in enumerate(settings(runs).items()):
+        for key, style in (("val/parzen_ll", "-"), ("val/ema_parzen_ll", "--")):
+            epochs = sorted({e for r in group for e in r.val if key in r.val[e]})
+            if not epochs:
+                continue
+            stats = [mean_se([r.val[e][key] for r in group if e in r.val and key in r.val[e]]) for e in epochs]
+            mean = [m for m, _ in stats]
+            se = [0.0 if math.isnan(s) else s for _, s in stats]
+            name = f"{label} ({len(group)} seed{'s' if len(group) > 1 else ''})" + (" EMA" if "ema" in key else "")
+            ax.plot(epochs, mean, style, color=f"C{i % 10}", marker="o", markersize=3, label=name)
+            ax.fill_between(epochs, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
+                            color=f"C{i % 10}", alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val/parzen_ll (nats), mean +- s.e. over seeds")
     ax.grid(alpha=0.3)
     if any(r.val for r in runs):
         ax.legend(fontsize=7)
@@ -130,11 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="a multirun folder or run folders")
     parser.add_argument("--out", type=Path, help="where report.md and report.png go")
+    parser.add_argument("--epoch", type=int, help="also compare the settings at this (1-based) epoch")
     args = parser.parse_args(argv)
     runs = find_runs(args.dirs)
     out = args.out or (args.dirs[0] if len(args.dirs) == 1 else Path.cwd())
     out.mkdir(parents=True, exist_ok=True)
-    text = table(runs)
+    text = seeds_table(runs, args.epoch) + "\n" + table(runs)
     (out / "report.md").write_text(text)
     plot(runs, out / "report.png")
     print(text)
