@@ -14,6 +14,9 @@ larger batch.
     python benchmarks/train_throughput.py                  # CPU, 300 iterations, 3 repeats
     python benchmarks/train_throughput.py --device cuda    # on a GPU
     python benchmarks/train_throughput.py --tiny           # a few iterations (the test suite runs this)
+
+(a) runs the paper's Algorithm 1 like (b) and (c): no R1 penalty, no EMA of G (the project's defaults
+add both; `--defaults` times those instead).
 """
 
 from __future__ import annotations
@@ -82,6 +85,11 @@ class _Timer:
         self.total = 0
 
 
+# (a) as (b) and (c) run it: the paper's update, without the default R1 penalty and EMA of G.
+LIKE_PLAIN = ["stabilisers.r1_gamma=null", "model.ema_decay=null"]
+OPTIONS = {"extra": LIKE_PLAIN, "logger": []}  # set from the command line in main()
+
+
 def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[str] = ()) -> float:
     """(a): samples per second through the project's Trainer, module and DataModule."""
     import pytorch_lightning as pl
@@ -94,7 +102,8 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
     iters = min(iters, 50_000 // batch)  # one epoch at most (MNIST's 50,000 training rows), full batches only
     out = tempfile.mkdtemp(prefix="advnets-bench-")
     cfg = compose(f"paths.data_dir={data_dir}", f"dataset.batch_size={batch}", "test_after_fit=false",
-                  f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *extra, output_dir=out)
+                  f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *OPTIONS["extra"],
+                  *OPTIONS["logger"], *extra, output_dir=out)
     pl.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
@@ -211,7 +220,11 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="batch sizes 50..400 and 1 vs 2 threads")
     parser.add_argument("--features", action="store_true", help="bf16, torch.compile, larger batch")
     parser.add_argument("--tiny", action="store_true", help="a few iterations, one repeat")
+    parser.add_argument("--defaults", action="store_true", help="(a) with the project's defaults (R1, EMA of G)")
+    parser.add_argument("--logger", default=None, help="(a)'s logger option, e.g. csv (default: W&B offline + CSV)")
     args = parser.parse_args()
+    OPTIONS["extra"] = [] if args.defaults else LIKE_PLAIN
+    OPTIONS["logger"] = [f"logger={args.logger}"] if args.logger else []
     if args.tiny:
         args.iters, args.repeats = 5, 1
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -226,7 +239,7 @@ def main() -> None:
         speeds["b"].append(run_plain_dataloader(args.iters, args.batch, args.device, data_dir, args.workers))
         speeds["c"].append(run_plain_tensor(args.iters, args.batch, args.device, data_dir))
     med = {k: statistics.median(v) for k, v in speeds.items()}
-    names = {"a": "project (Trainer + module + DataModule, W&B offline)",
+    names = {"a": f"project (Trainer + module + DataModule, {args.logger or 'W&B offline'})",
              "b": f"plain loop, torchvision DataLoader ({args.workers} workers)",
              "c": "plain loop, data as one tensor"}
     for k in "abc":

@@ -42,7 +42,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     preemption = PreemptionHandler()
     preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint
     try:
-        trainer = pl.Trainer(**cfg.trainer, logger=build_loggers(cfg) or False,
+        trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=build_loggers(cfg) or False,
                              callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(), preemption,
                                         CollapseMonitor(**cfg.callbacks.collapse),
                                         *(instantiate(c) for c in cfg.callbacks.extra)])

@@ -176,9 +176,8 @@ def wandb_mode(w: DictConfig) -> str:
 
 def finish_wandb() -> None:
     """Close the W&B run (also after a failure), so the next job of a multirun gets its own run."""
-    import wandb
-
-    if wandb.run is not None:
+    wandb = sys.modules.get("wandb")  # never imported: no W&B run to close (and wandb may not be installed)
+    if wandb is not None and wandb.run is not None:
         wandb.finish()
 
 
