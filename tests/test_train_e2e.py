@@ -27,14 +27,26 @@ def test_run_writes_checkpoint_and_samples(trained):
     ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["counters"] == {"d_updates": 30, "g_updates": 15}
     assert ckpt["state_dict"]["fixed_z"].shape == (100, 100)
+    # The EMA of G (default decay 0.9999) is in the checkpoint, and after 15 G updates from G's start it
+    # sits 1 - 0.9999^15 of the way from there to G: not G itself.
+    state = ckpt["state_dict"]
+    ema_keys = [k for k in state if k.startswith("generator_ema.generator.")]
+    assert len(ema_keys) == len([k for k in state if k.startswith("generator.")]) > 0
+    w, w_ema = state["generator.net.0.weight"], state["generator_ema.generator.net.0.weight"]
+    assert w.shape == w_ema.shape and not torch.equal(w, w_ema)
+    assert (trained / "samples_ema" / "epoch_0001.png").is_file()
 
 
 def test_wandb_offline_run_holds_the_keys(trained):
     summary = wandb_summary(trained)
     assert summary["state"] == "finished" and summary["exit_code"] == 0
     values = summary["summary"]
-    for key in TRAIN_KEYS + ["val/parzen_ll", "test/parzen_ll", "test/parzen_se", "test/parzen_sigma"]:
+    for key in TRAIN_KEYS + ["val/parzen_ll", "test/parzen_ll", "test/parzen_se", "test/parzen_sigma",
+                             "val/ema_parzen_ll", "test/ema_parzen_ll", "test/ema_parzen_se", "test/ema_parzen_sigma",
+                             "train/r1_penalty", "train/epoch_d_real", "train/epoch_d_fake"]:
         assert key in values, key
+    assert values["train/collapsed"] == 0 and values["train/r1_penalty"] >= 0
+    assert values["ema_samples"]["_type"].startswith("images")
     assert values["train/d_updates"] == 30 and values["train/g_updates"] == 15
     assert 0 < values["train/d_real"] < 1 and 0 < values["train/d_fake"] < 1
     assert values["train/momentum"] == 0.5
@@ -77,6 +89,11 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
     assert report["n_samples"] == 1000 and report["dataset"] == "mnist" and report["n_points"] == 10000
     assert min(abs(report["sigma"] - s) for s in torch.logspace(-1, 0, 10, dtype=torch.float64).tolist()) < 1e-9
     assert f"{report['ll']:.1f} ± {report['se']:.1f}" in proc.stdout
+    # The EMA of G: its own row and its own block, from the same noise, labelled as ours.
+    ema = report["ema"]
+    assert ema["decay"] == 0.9999 and ema["n_samples"] == 1000 and ema["n_points"] == 10000
+    assert f"| Adversarial nets (ours, EMA of G, decay 0.9999: " in proc.stdout
+    assert f"{ema['ll']:.1f} ± {ema['se']:.1f}" in proc.stdout and ema["ll"] != report["ll"]
     assert (tmp_path / "eval" / "figures" / "figure_2.png").is_file()
     assert len(list((tmp_path / "eval" / "wandb").glob("offline-run-*"))) == 1
 
