@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from advnets.run import UserError, user_errors
+from advnets.errors import UserError, user_errors
 
 
 @dataclass

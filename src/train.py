@@ -8,9 +8,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from advnets.checkpoints import check_resume
+from advnets.config import check_config
+from advnets.errors import user_errors
+from advnets.launch import ranks_rerun_command, run_job_alone, sweep_name
+from advnets.loggers import finish_wandb
 from advnets.preflight import preflight
-from advnets.run import (check_config, check_resume, finish_wandb, ranks_rerun_command, run_job_alone, sweep_name,
-                         user_errors)
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -32,8 +35,9 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
 
     from advnets.data import build_datamodule
     from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint
+    from advnets.errors import Preempted
+    from advnets.loggers import build_loggers
     from advnets.module import GAN
-    from advnets.run import Preempted, build_loggers
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)

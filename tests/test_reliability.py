@@ -133,7 +133,7 @@ def test_ckpt_last_without_checkpoints(log_dir):
 def test_ckpt_last_finds_newest_of_same_experiment(tmp_path):
     import os
 
-    from advnets.run import find_last_checkpoint
+    from advnets.checkpoints import find_last_checkpoint
 
     cfg = OmegaConf.to_container(compose(), resolve=True)
     paths = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from advnets.run import Preempted, TrainingDiverged
+from advnets.errors import Preempted, TrainingDiverged
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from advnets.run import UserError
+from advnets.errors import UserError
 
 
 class DataError(UserError):
