@@ -86,7 +86,7 @@ def test_only_rank_zero_writes(ddp_run):
     run_dir, _ = ddp_run
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        f"epoch=0-step={BATCHES + BATCHES // K}.ckpt", "last.ckpt"]
+        f"epoch0000-step{BATCHES + BATCHES // K}.ckpt", "last.ckpt"]
     assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["epoch_0001.png"]
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:

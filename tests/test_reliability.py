@@ -186,7 +186,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, dat
 def test_exact_resume_equals_uninterrupted_run(one_epoch, data_dir, tmp_path):
     straight = train(data_dir, tmp_path / "straight", "trainer.max_epochs=2")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    resumed = train(data_dir, tmp_path / "resumed", "trainer.max_epochs=2", f"ckpt_path={one_epoch}")
+    # The end-of-epoch checkpoint under its own name, pasted into ckpt_path= as it is (no `=` in it).
+    epoch_ckpt = one_epoch.parent / "epoch0000-step10.ckpt"
+    assert sorted(p.name for p in one_epoch.parent.iterdir()) == [epoch_ckpt.name, "last.ckpt"]
+    resumed = train(data_dir, tmp_path / "resumed", "trainer.max_epochs=2", f"ckpt_path={epoch_ckpt}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
             for name in ("straight", "resumed"))
