@@ -23,11 +23,11 @@ def snapshot(folder):
                   if "earlier" in p.parts)
 
 
-def refused(log_dir, *args, data_dir=None):
+def refused(log_dir, *args, data_dir=None, env=None):
     """Run train.py with bad input: non-zero status, one `error:` line, no traceback, earlier run intact."""
     before = snapshot(log_dir)
     data = [f"paths.data_dir={data_dir}"] if data_dir else []
-    proc = run_script("train.py", f"paths.log_dir={log_dir}", "logger=none", *data, *args, timeout=300)
+    proc = run_script("train.py", f"paths.log_dir={log_dir}", "logger=none", *data, *args, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -57,6 +57,12 @@ def test_output_folder_not_writable(log_dir, tmp_path):
     blocked.write_text("")
     msg = refused(log_dir, f"hydra.run.dir={blocked / 'run'}")
     assert "cannot be written" in msg and str(blocked / "run") in msg
+
+
+def test_gpu_asked_on_a_machine_without_one(log_dir):
+    msg = refused(log_dir, "trainer=gpu", env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, whatever the machine
+    assert msg.startswith("error: trainer=gpu (trainer.accelerator=gpu) asks for a GPU, but this machine has none")
+    assert "use trainer=cpu" in msg
 
 
 def test_missing_mnist_files_named(log_dir, tmp_path):

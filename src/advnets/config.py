@@ -30,3 +30,26 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"dataset.batch_size must be >= 1, got {cfg.dataset.batch_size}")
     if float(cfg.optimizer.lr) <= 0:
         raise UserError(f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
+    check_devices(cfg.trainer)
+
+
+def check_devices(trainer_cfg: DictConfig) -> None:
+    """Refuse GPU settings this machine cannot run (Lightning would stop with a stack trace)."""
+    accelerator = str(trainer_cfg.get("accelerator"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("trainer") if HydraConfig.initialized() else None
+    asked = f"trainer={choice} (trainer.accelerator={accelerator})" if choice else f"trainer.accelerator={accelerator}"
+    instead = "trainer=ddp_cpu" if "ddp" in str(trainer_cfg.get("strategy")) else "trainer=cpu"
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not found:
+        raise UserError(f"{asked} asks for a GPU, but this machine has none that torch can use "
+                        f"(torch.cuda.is_available() is False): use {instead}, or trainer=default (a GPU when there "
+                        f"is one, else the CPU)")
+    devices = trainer_cfg.get("devices")
+    if isinstance(devices, int) and devices > found:
+        raise UserError(f"trainer.devices={devices} asks for {devices} GPUs, but this machine has {found}: "
+                        f"use trainer.devices={found} (or -1: every GPU)")
