@@ -28,7 +28,7 @@ PAPER_TABLE_1 = {
 
 @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(Path(cfg.paths.output_dir), Path(cfg.paths.log_dir)):  # a refusal leaves no run folder
         try:
             evaluate(cfg)
         finally:

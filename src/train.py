@@ -18,7 +18,7 @@ from advnets.preflight import preflight
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(Path(cfg.paths.output_dir), Path(cfg.paths.log_dir)):  # a refusal removes the run folder made for it
         check_config(cfg)
         ckpt_path = check_resume(cfg)
         if sweep_name() and ranks_rerun_command(cfg.trainer):
@@ -41,7 +41,8 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
-    datamodule.prepare_data()  # missing or corrupt data files: refused before the logger or trainer start
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # missing or corrupt data files: refused before the loggers and trainer start
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     preemption = PreemptionHandler()
     preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint

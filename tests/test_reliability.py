@@ -19,15 +19,18 @@ def log_dir(tmp_path):
 
 
 def snapshot(folder):
-    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*")
-                  if "earlier" in p.parts)
+    """Every path under `folder`, with the modification times of the earlier run's files."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns if "earlier" in p.parts else 0)
+                  for p in folder.rglob("*"))
 
 
-def refused(log_dir, *args, data_dir=None, env=None):
-    """Run train.py with bad input: non-zero status, one `error:` line, no traceback, earlier run intact."""
+def refused(log_dir, *args, data_dir=None, logger="none", env=None):
+    """Run train.py with bad input: status 2, one `error:` line, no traceback, earlier run intact, nothing
+    left behind (no run folder, no W&B run)."""
     before = snapshot(log_dir)
     data = [f"paths.data_dir={data_dir}"] if data_dir else []
-    proc = run_script("train.py", f"paths.log_dir={log_dir}", "logger=none", *data, *args, env=env, timeout=300)
+    loggers = [f"logger={logger}"] if logger else []
+    proc = run_script("train.py", f"paths.log_dir={log_dir}", *loggers, *data, *args, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -45,6 +48,7 @@ def test_unknown_group_option_lists_the_options(log_dir, group, options):
 
 
 @pytest.mark.parametrize("arg, text", [("k=0", "k must be an integer >= 1"),
+                                       ("k=2.5", "k must be an integer >= 1"),
                                        ("dataset.batch_size=0", "dataset.batch_size must be >= 1"),
                                        ("optimizer.lr=0", "optimizer.lr must be > 0"),
                                        ("optimizer.lr=-0.1", "optimizer.lr must be > 0")])
@@ -63,6 +67,12 @@ def test_gpu_asked_on_a_machine_without_one(log_dir):
     msg = refused(log_dir, "trainer=gpu", env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, whatever the machine
     assert msg.startswith("error: trainer=gpu (trainer.accelerator=gpu) asks for a GPU, but this machine has none")
     assert "use trainer=cpu" in msg
+
+
+def test_missing_tfd_file_leaves_no_run_folder_and_no_wandb_run(log_dir, tmp_path):
+    # The default loggers (W&B and CSV): the data is checked before either starts.
+    msg = refused(log_dir, "dataset=tfd", data_dir=tmp_path / "empty", logger=None)
+    assert f"TFD file not found: {tmp_path / 'empty' / 'TFD' / 'TFD_48x48.mat'}" in msg
 
 
 def test_missing_mnist_files_named(log_dir, tmp_path):
