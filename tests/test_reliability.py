@@ -75,6 +75,15 @@ def test_missing_tfd_file_leaves_no_run_folder_and_no_wandb_run(log_dir, tmp_pat
     assert f"TFD file not found: {tmp_path / 'empty' / 'TFD' / 'TFD_48x48.mat'}" in msg
 
 
+def test_tfd_valid_split_too_small(log_dir, tmp_path):
+    from test_tfd import write_tfd
+
+    write_tfd(tmp_path / "TFD" / "TFD_48x48.mat", valid_rows=1)
+    msg = refused(log_dir, "dataset=tfd", data_dir=tmp_path)
+    assert msg == ("error: the valid split of tfd (fold 0) has 1 row: the per-epoch Parzen estimate needs at least 2 "
+                   "(sigma is picked on some, the others are scored); use a fold or data set with a larger valid split")
+
+
 def test_missing_mnist_files_named(log_dir, tmp_path):
     empty = tmp_path / "empty"
     msg = refused(log_dir, "dataset.raw_mirror=null", "dataset.download=false", data_dir=empty)

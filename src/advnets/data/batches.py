@@ -108,6 +108,27 @@ class TensorDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.load_splits()
+        if stage == "fit":
+            self.parzen_val_sizes()  # a valid split too small for the per-epoch estimate is refused here
+
+    def parzen_val_sizes(self) -> tuple[int, int]:
+        """The valid rows the per-epoch estimate (val/parzen_ll) picks sigma on, and the next ones it scores.
+
+        `parzen_val_select` and `parzen_val_points` rows; a valid split with fewer rows than the two
+        together is divided in the same proportion (500 and 1000: the first third picks sigma, the
+        other two thirds are scored), at least one row each. Fewer than 2 rows cannot be divided.
+        """
+        n = len(self.splits["valid"])
+        select, points = int(self.cfg["parzen_val_select"]), int(self.cfg["parzen_val_points"])
+        if n >= select + points:
+            return select, points
+        if n < 2:
+            fold = f" (fold {self.cfg['fold']})" if "fold" in self.cfg else ""
+            raise DataError(f"the valid split of {self.cfg.get('name')}{fold} has {n} row{'' if n == 1 else 's'}: "
+                            f"the per-epoch Parzen estimate needs at least 2 (sigma is picked on some, the others are "
+                            f"scored); use a fold or data set with a larger valid split")
+        select = min(max(1, round(n * select / (select + points))), n - 1)
+        return select, n - select
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -135,7 +156,7 @@ class TensorDataModule(pl.LightningDataModule):
         return TensorBatches(points, sampler)
 
     def val_dataloader(self):
-        n_select, n_points = int(self.cfg["parzen_val_select"]), int(self.cfg["parzen_val_points"])
+        n_select, n_points = self.parzen_val_sizes()
         valid = self.splits["valid"]
         return [self._points(valid[:n_select]), self._points(valid[n_select : n_select + n_points])]
 
