@@ -2,9 +2,10 @@
 
 DIR is a multirun folder (its job folders are the runs) or a run folder. Each run is read from what it
 wrote locally: `.hydra/` (its overrides) and `csv/version_N/metrics.csv` (the CSV logger, on by
-default). Prints a markdown table of each run's final metrics and writes it to FOLDER/report.md, with
-FOLDER/report.png: `val/parzen_ll` against G updates, one line per run. FOLDER defaults to DIR when one
-DIR is given, else the current folder.
+default; a resumed run writes the next version, and the versions are read as one run). Prints a
+markdown table of each run's final metrics and writes it to FOLDER/report.md, with FOLDER/report.png:
+`val/parzen_ll` against G updates, one line per run. FOLDER defaults to DIR when one DIR is given,
+else the current folder.
 """
 
 from __future__ import annotations
@@ -28,10 +29,28 @@ class Run:
     val: list[tuple[float, float]]  # (G updates, val/parzen_ll) at every validation
 
 
-def metrics_file(folder: Path) -> Path | None:
-    """The run's CSV log: the newest csv/version_N/metrics.csv."""
-    files = sorted(folder.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    return files[-1] if files else None
+def metrics_files(folder: Path) -> list[Path]:
+    """The run's CSV logs, csv/version_N/metrics.csv, oldest first: a resumed run writes the next version."""
+    return sorted(folder.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+
+
+def read_metrics(folder: Path) -> list[dict[str, float]]:
+    """The run's logged rows across its resumes, as one curve.
+
+    Steps go on from the checkpoint a resume started from, so where a later version starts at step s,
+    the rows an earlier one logged at s or after (training past its last checkpoint, redone) are dropped.
+    """
+    versions = []
+    for path in metrics_files(folder):
+        with open(path, newline="") as f:
+            rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        if rows:
+            versions.append(rows)
+    merged: list[dict[str, float]] = []
+    for rows in versions:
+        start = rows[0].get("step", float("inf"))
+        merged = [r for r in merged if r.get("step", -1) < start] + rows
+    return merged
 
 
 def overrides(folder: Path) -> list[str]:
@@ -46,12 +65,10 @@ def overrides(folder: Path) -> list[str]:
 def read_run(folder: Path) -> Run:
     final: dict[str, float] = {}
     val: list[tuple[float, float]] = []
-    with open(metrics_file(folder), newline="") as f:
-        for row in csv.DictReader(f):
-            values = {k: float(v) for k, v in row.items() if v not in ("", None)}
-            final.update(values)
-            if "val/parzen_ll" in values and "val/g_updates" in values:  # runs older than val/g_updates: no line
-                val.append((values["val/g_updates"], values["val/parzen_ll"]))
+    for values in read_metrics(folder):
+        final.update(values)
+        if "val/parzen_ll" in values and "val/g_updates" in values:  # runs older than val/g_updates: no line
+            val.append((values["val/g_updates"], values["val/parzen_ll"]))
     return Run(folder, overrides(folder), final, val)
 
 
@@ -67,10 +84,10 @@ def find_runs(dirs: list[Path]) -> list[Run]:
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"{d} is not a folder")
-        if metrics_file(d):
+        if metrics_files(d):
             runs.append(read_run(d))
             continue
-        jobs = sorted((p for p in d.iterdir() if p.is_dir() and metrics_file(p)), key=lambda p: (job_number(p), p.name))
+        jobs = sorted((p for p in d.iterdir() if p.is_dir() and metrics_files(p)), key=lambda p: (job_number(p), p.name))
         if not jobs:
             raise UserError(f"no runs in {d}: a run folder holds csv/version_N/metrics.csv (written with the default "
                    f"logger, or logger=csv)")

@@ -30,6 +30,7 @@ class RankProbe(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if self.first_z is None:  # what the first D step is about to draw: a copy of the noise generator
+            module.on_train_batch_start(batch, batch_idx)  # seeds the batch's noise (before the module's own call)
             gen = torch.Generator(device=module.device)
             gen.set_state(module._noise_gen.get_state())
             self.first_z = module.noise(8, gen)

@@ -22,13 +22,21 @@ class TrainingDiverged(UserError):
 
 
 class Preempted(Exception):
-    """SIGTERM or SIGINT arrived; `ckpt` was saved at the batch boundary that followed."""
+    """Training stopped early on request, with `ckpt` saved at the batch boundary where it stopped.
 
-    def __init__(self, signum: int, ckpt: str):
+    `reason`: the signal number (SIGTERM, SIGINT: exit 128 + signal), or a sentence (a time limit: exit 0).
+    """
+
+    def __init__(self, reason: int | str, ckpt: str):
         import signal
 
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum, self.ckpt = signum, ckpt
+        self.signum = reason if isinstance(reason, int) else None
+        super().__init__(f"stopped by {signal.Signals(reason).name}" if self.signum else f"stopped: {reason}")
+        self.ckpt = ckpt
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum else 0
 
 
 def resume_command(ckpt: str) -> str:
@@ -79,4 +87,4 @@ def user_errors(run_folder: Path | None = None, log_dir: Path | None = None) -> 
         sys.exit(e.exit_code)
     except Preempted as e:
         print(f"{e}: checkpoint saved to {e.ckpt}; resume with:\n  {resume_command(e.ckpt)}", file=sys.stderr)
-        sys.exit(128 + e.signum)
+        sys.exit(e.exit_code)

@@ -1,4 +1,4 @@
-"""The loggers of a run: W&B (offline unless asked) and CSV, both in the run folder."""
+"""The loggers of a run: W&B (offline unless asked) and CSV, both in the run folder; a resume continues them."""
 
 from __future__ import annotations
 
@@ -25,7 +25,15 @@ def run_name(cfg: DictConfig) -> str:
     return "defaults"
 
 
-def build_loggers(cfg: DictConfig) -> list:
+def wandb_run_id(run_folder: Path) -> str | None:
+    """The id of the W&B run already logged in `run_folder` (wandb/[offline-]run-<time>-<id>), else None."""
+    runs = sorted(run_folder.glob("wandb/*run-*-*"), key=lambda p: p.name.rsplit("-", 2)[-2])
+    return runs[-1].name.rsplit("-", 1)[1] if runs else None
+
+
+def build_loggers(cfg: DictConfig, continue_wandb_id: str | None = None) -> list:
+    """W&B and/or CSV as `cfg.logger` asks. `continue_wandb_id`: a resumed run logs into that W&B run
+    (its steps go on from the checkpoint's); the CSV logger writes the next csv/version_N of the folder."""
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
     loggers = []
@@ -34,7 +42,7 @@ def build_loggers(cfg: DictConfig) -> list:
         Path(w.save_dir).mkdir(parents=True, exist_ok=True)
         # The jobs of one sweep share a group, so the dashboard shows them side by side.
         loggers.append(WandbLogger(project=w.project, name=run_name(cfg), group=w.group or sweep_name(), tags=list(w.tags),
-                                   save_dir=w.save_dir, mode=wandb_mode(w),
+                                   save_dir=w.save_dir, mode=wandb_mode(w), id=continue_wandb_id,
                                    config=OmegaConf.to_container(cfg, resolve=True)))
     if "csv" in cfg.logger:
         loggers.append(CSVLogger(save_dir=cfg.logger.csv.save_dir, name=cfg.logger.csv.name))
