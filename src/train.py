@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import hydra
@@ -42,6 +43,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint, parse_max_time
     from advnets.loggers import build_loggers, wandb_run_id
     from advnets.module import GAN
+    from advnets.progress import ProgressLines
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
@@ -54,6 +56,9 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     # trainer.max_time is ours: Lightning's timer would save the interrupted epoch as a finished one.
     trainer_args = {k: v for k, v in cfg.trainer.items() if k != "max_time"}
     preemption = PreemptionHandler(parse_max_time(cfg.trainer.get("max_time")))
+    # Off a terminal (SLURM, nohup, CI), a line at a bounded rate instead of a bar redrawn for every batch.
+    progress = ([ProgressLines(cfg.callbacks.progress.every_s)]
+                if cfg.trainer.enable_progress_bar and not sys.stderr.isatty() else [])
     preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint
     try:
         # A resumed run logs into its folder's W&B run (steps go on from the checkpoint's) and next CSV version.
@@ -61,7 +66,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
         trainer = pl.Trainer(**trainer_args, logger=loggers or False,
                              callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(),
                                         CollapseMonitor(**cfg.callbacks.collapse),
-                                        *(instantiate(c) for c in cfg.callbacks.extra), preemption])
+                                        *(instantiate(c) for c in cfg.callbacks.extra), *progress, preemption])
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:  # arrived during validation: Lightning stopped there, before our batch-end save

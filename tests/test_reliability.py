@@ -204,9 +204,9 @@ def one_epoch(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def straight(data_dir, tmp_path_factory):
-    """Two uninterrupted epochs, with the CSV log."""
+    """Two uninterrupted epochs, with the CSV log and the progress output (stderr is not a terminal here)."""
     run_dir = tmp_path_factory.mktemp("reliability") / "straight"
-    proc = train(data_dir, run_dir, *EXACT, "trainer.max_epochs=2", "logger=csv")
+    proc = train(data_dir, run_dir, *EXACT, "trainer.max_epochs=2", "logger=csv", "trainer.enable_progress_bar=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc.stderr
 
@@ -299,6 +299,16 @@ def wandb_steps(offline_run) -> list[int]:
     records = [json.loads(line) for line in out.splitlines()]
     return [int(r["history"]["item"]["trainer/global_step"]) for r in records if r.get("type") == "history"
             and "train/d_loss" in r["history"]["item"]]
+
+
+def test_progress_off_a_terminal_is_a_line_per_epoch(straight):
+    _, stderr = straight
+    assert "\r" not in stderr  # no bar redrawn for every batch
+    lines = [line for line in stderr.splitlines() if line.startswith("epoch ")]
+    assert lines[0].startswith("epoch 1/2 batch 5/5 (100%) ") and " batch/s " in lines[0]
+    assert " d_loss " in lines[0] and " g_loss " in lines[0] and " d_real " in lines[0]
+    assert lines[1].startswith("epoch 1 done in ") and ", val/parzen_ll " in lines[1]
+    assert len(lines) == 4  # a line every callbacks.progress.every_s (30) seconds, and at each epoch's end
 
 
 def test_max_time_stops_mid_epoch_with_a_checkpoint(data_dir, tmp_path):
