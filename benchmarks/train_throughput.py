@@ -46,7 +46,7 @@ def compose(*overrides: str, output_dir: str):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import advnets.run  # noqa: F401  (the repo_root resolver)
+    import advnets.config  # noqa: F401  (the repo_root resolver)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -97,7 +97,7 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
 
     from advnets.data import build_datamodule
     from advnets.module import GAN
-    from advnets.run import build_loggers, finish_wandb
+    from advnets.loggers import build_loggers, finish_wandb
 
     iters = min(iters, 50_000 // batch)  # one epoch at most (MNIST's 50,000 training rows), full batches only
     out = tempfile.mkdtemp(prefix="advnets-bench-")

@@ -12,7 +12,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from advnets.run import UserError, check_ckpt_path, finish_wandb, user_errors, wandb_mode
+import advnets.config  # noqa: F401  (registers the repo_root resolver of conf/paths)
+from advnets.checkpoints import check_ckpt_path
+from advnets.errors import UserError, user_errors
+from advnets.loggers import finish_wandb, wandb_mode
 
 # Table 1 of the paper: Parzen log-likelihood (nats) on MNIST and TFD, mean +- standard error.
 PAPER_TABLE_1 = {
@@ -25,7 +28,7 @@ PAPER_TABLE_1 = {
 
 @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    with user_errors(Path(cfg.paths.output_dir), Path(cfg.paths.log_dir)):  # a refusal leaves no run folder
         try:
             evaluate(cfg)
         finally:

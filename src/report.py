@@ -2,7 +2,8 @@
 
 DIR is a multirun folder (its job folders are the runs) or a run folder. Each run is read from what it
 wrote locally: `.hydra/` (its overrides) and `csv/version_N/metrics.csv` (the CSV logger, on by
-default). Prints two markdown tables and writes them to FOLDER/report.md, with FOLDER/report.png:
+default; a resumed run writes the next version, and the versions are read as one run). Prints two
+markdown tables and writes them to FOLDER/report.md, with FOLDER/report.png:
 
 - over seeds: runs whose overrides differ only in `seed` are one setting; per setting, the number of
   seeds, how many collapsed (train/collapsed, see CollapseMonitor), and mean +- s.e. over seeds (ddof 1)
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from advnets.run import UserError, user_errors
+from advnets.errors import UserError, user_errors
 
 
 @dataclass
@@ -36,10 +37,28 @@ class Run:
     val: dict[int, dict[str, float]]  # 1-based epoch -> that validation's val/* values
 
 
-def metrics_file(folder: Path) -> Path | None:
-    """The run's CSV log: the newest csv/version_N/metrics.csv."""
-    files = sorted(folder.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    return files[-1] if files else None
+def metrics_files(folder: Path) -> list[Path]:
+    """The run's CSV logs, csv/version_N/metrics.csv, oldest first: a resumed run writes the next version."""
+    return sorted(folder.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+
+
+def read_metrics(folder: Path) -> list[dict[str, float]]:
+    """The run's logged rows across its resumes, as one curve.
+
+    Steps go on from the checkpoint a resume started from, so where a later version starts at step s,
+    the rows an earlier one logged at s or after (training past its last checkpoint, redone) are dropped.
+    """
+    versions = []
+    for path in metrics_files(folder):
+        with open(path, newline="") as f:
+            rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        if rows:
+            versions.append(rows)
+    merged: list[dict[str, float]] = []
+    for rows in versions:
+        start = rows[0].get("step", float("inf"))
+        merged = [r for r in merged if r.get("step", -1) < start] + rows
+    return merged
 
 
 def overrides(folder: Path) -> list[str]:
@@ -54,12 +73,10 @@ def overrides(folder: Path) -> list[str]:
 def read_run(folder: Path) -> Run:
     final: dict[str, float] = {}
     val: dict[int, dict[str, float]] = {}
-    with open(metrics_file(folder), newline="") as f:
-        for row in csv.DictReader(f):
-            values = {k: float(v) for k, v in row.items() if v not in ("", None)}
-            final.update(values)
-            if "val/parzen_ll" in values and "epoch" in values:
-                val[int(values["epoch"]) + 1] = {k: v for k, v in values.items() if k.startswith("val/")}
+    for values in read_metrics(folder):
+        final.update(values)
+        if "val/parzen_ll" in values and "epoch" in values:
+            val[int(values["epoch"]) + 1] = {k: v for k, v in values.items() if k.startswith("val/")}
     return Run(folder, overrides(folder), final, val)
 
 
@@ -75,10 +92,10 @@ def find_runs(dirs: list[Path]) -> list[Run]:
     for d in dirs:
         if not d.is_dir():
             raise UserError(f"{d} is not a folder")
-        if metrics_file(d):
+        if metrics_files(d):
             runs.append(read_run(d))
             continue
-        jobs = sorted((p for p in d.iterdir() if p.is_dir() and metrics_file(p)), key=lambda p: (job_number(p), p.name))
+        jobs = sorted((p for p in d.iterdir() if p.is_dir() and metrics_files(p)), key=lambda p: (job_number(p), p.name))
         if not jobs:
             raise UserError(f"no runs in {d}: a run folder holds csv/version_N/metrics.csv (written with the default "
                    f"logger, or logger=csv)")

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from advnets.checkpoints import check_resume
+from advnets.config import check_config
+from advnets.errors import user_errors
+from advnets.launch import ranks_rerun_command, run_job_alone, sweep_name
+from advnets.loggers import finish_wandb
 from advnets.preflight import preflight
-from advnets.run import (check_config, check_resume, finish_wandb, ranks_rerun_command, run_job_alone, sweep_name,
-                         user_errors)
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    # A refusal removes the run folder Hydra made for this command. (A checkpoint to resume was already
+    # checked, and its run folder chosen, before Hydra made any: advnets.checkpoints.ResumeInRunFolder.)
+    with user_errors(Path(cfg.paths.output_dir), Path(cfg.paths.log_dir)):
         check_config(cfg)
         ckpt_path = check_resume(cfg)
         if sweep_name() and ranks_rerun_command(cfg.trainer):
@@ -25,27 +31,42 @@ def main(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
+    import warnings
+
     import pytorch_lightning as pl
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from advnets.data import build_datamodule
-    from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint
+    from advnets.errors import Preempted
+    from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint, parse_max_time
+    from advnets.loggers import build_loggers, wandb_run_id
     from advnets.module import GAN
-    from advnets.run import Preempted, build_loggers
+    from advnets.progress import ProgressLines
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
-    datamodule.prepare_data()  # missing or corrupt data files: refused before the logger or trainer start
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # missing, corrupt or too small data: refused before the loggers and trainer start
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    preemption = PreemptionHandler()
+    run_folder = Path(cfg.paths.output_dir)
+    if ckpt_path:  # resumed in a run folder that has checkpoints already: that is expected
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # trainer.max_time is ours: Lightning's timer would save the interrupted epoch as a finished one.
+    trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
+    preemption = PreemptionHandler(parse_max_time(cfg.trainer.get("max_time")))
+    # Off a terminal (SLURM, nohup, CI), a line at a bounded rate instead of a bar redrawn for every batch.
+    progress = ([ProgressLines(cfg.callbacks.progress.every_s)]
+                if cfg.trainer.enable_progress_bar and not sys.stderr.isatty() else [])
     preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint
     try:
-        trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=build_loggers(cfg) or False,
-                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(), preemption,
+        # A resumed run logs into its folder's W&B run (steps go on from the checkpoint's) and next CSV version.
+        loggers = build_loggers(cfg, continue_wandb_id=wandb_run_id(run_folder) if ckpt_path else None)
+        trainer = pl.Trainer(**trainer_args, logger=loggers or False,
+                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(),
                                         CollapseMonitor(**cfg.callbacks.collapse),
-                                        *(instantiate(c) for c in cfg.callbacks.extra)])
+                                        *(instantiate(c) for c in cfg.callbacks.extra), *progress, preemption])
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:  # arrived during validation: Lightning stopped there, before our batch-end save

@@ -38,7 +38,7 @@ def compose(*overrides: str, output_dir: str | Path = "/tmp/advnets-test-run"):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import advnets.run  # noqa: F401  (registers the repo_root resolver)
+    import advnets.config  # noqa: F401  (registers the repo_root resolver)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

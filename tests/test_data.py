@@ -66,3 +66,25 @@ def test_missing_mnist_names_the_folder(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=str(tmp_path / "MNIST" / "raw")) as e:
         dm.prepare_data()
     assert "train-images-idx3-ubyte.gz" in str(e.value) and "t10k-labels-idx1-ubyte.gz" in str(e.value)
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_training_loader_resumes_mid_epoch(mnist, on_device):
+    """Lightning saves the training loader's state_dict() with a checkpoint and gives it back on a mid-epoch
+    resume: the new loader then yields the rest of that epoch's batches, and the next epoch in full."""
+    first = loader_batches(mnist, on_device, 3)
+    loader = mnist.train_dataloader()
+    loader.batch_sampler.set_epoch(3)
+    taken = iter(loader)
+    for _ in range(5):
+        next(taken)
+    state = loader.state_dict()
+    assert state == {"epoch": 3, "batches_taken": 5}
+    resumed = mnist.train_dataloader()
+    resumed.load_state_dict(state)
+    resumed.batch_sampler.set_epoch(3)  # as Lightning does before the epoch
+    rest = list(resumed)
+    assert len(rest) == len(first) - 5 and all(torch.equal(a, b) for a, b in zip(rest, first[5:]))
+    assert resumed.state_dict() == {"epoch": 3, "batches_taken": len(first)}
+    resumed.batch_sampler.set_epoch(4)
+    assert len(list(resumed)) == len(first)

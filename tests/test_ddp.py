@@ -30,6 +30,7 @@ class RankProbe(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if self.first_z is None:  # what the first D step is about to draw: a copy of the noise generator
+            module.on_train_batch_start(batch, batch_idx)  # seeds the batch's noise (before the module's own call)
             gen = torch.Generator(device=module.device)
             gen.set_state(module._noise_gen.get_state())
             self.first_z = module.noise(8, gen)
@@ -86,7 +87,7 @@ def test_only_rank_zero_writes(ddp_run):
     run_dir, _ = ddp_run
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        f"epoch=0-step={BATCHES + BATCHES // K}.ckpt", "last.ckpt"]
+        f"epoch0000-step{BATCHES + BATCHES // K}.ckpt", "last.ckpt"]
     assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["epoch_0001.png"]
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from advnets.data import build_datamodule
 from advnets.module import GAN
-from advnets.run import UserError
+from advnets.errors import UserError
 from conftest import compose
 from test_tfd import write_tfd
 

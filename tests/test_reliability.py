@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose, run_script
+from conftest import REPO, compose, run_script
 
 
 @pytest.fixture
@@ -19,15 +22,18 @@ def log_dir(tmp_path):
 
 
 def snapshot(folder):
-    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*")
-                  if "earlier" in p.parts)
+    """Every path under `folder`, with the modification times of the earlier run's files."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns if "earlier" in p.parts else 0)
+                  for p in folder.rglob("*"))
 
 
-def refused(log_dir, *args, data_dir=None):
-    """Run train.py with bad input: non-zero status, one `error:` line, no traceback, earlier run intact."""
+def refused(log_dir, *args, data_dir=None, logger="none", env=None):
+    """Run train.py with bad input: status 2, one `error:` line, no traceback, earlier run intact, nothing
+    left behind (no run folder, no W&B run)."""
     before = snapshot(log_dir)
     data = [f"paths.data_dir={data_dir}"] if data_dir else []
-    proc = run_script("train.py", f"paths.log_dir={log_dir}", "logger=none", *data, *args, timeout=300)
+    loggers = [f"logger={logger}"] if logger else []
+    proc = run_script("train.py", f"paths.log_dir={log_dir}", *loggers, *data, *args, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -45,6 +51,7 @@ def test_unknown_group_option_lists_the_options(log_dir, group, options):
 
 
 @pytest.mark.parametrize("arg, text", [("k=0", "k must be an integer >= 1"),
+                                       ("k=2.5", "k must be an integer >= 1"),
                                        ("dataset.batch_size=0", "dataset.batch_size must be >= 1"),
                                        ("optimizer.lr=0", "optimizer.lr must be > 0"),
                                        ("optimizer.lr=-0.1", "optimizer.lr must be > 0")])
@@ -57,6 +64,27 @@ def test_output_folder_not_writable(log_dir, tmp_path):
     blocked.write_text("")
     msg = refused(log_dir, f"hydra.run.dir={blocked / 'run'}")
     assert "cannot be written" in msg and str(blocked / "run") in msg
+
+
+def test_gpu_asked_on_a_machine_without_one(log_dir):
+    msg = refused(log_dir, "trainer=gpu", env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, whatever the machine
+    assert msg.startswith("error: trainer=gpu (trainer.accelerator=gpu) asks for a GPU, but this machine has none")
+    assert "use trainer=cpu" in msg
+
+
+def test_missing_tfd_file_leaves_no_run_folder_and_no_wandb_run(log_dir, tmp_path):
+    # The default loggers (W&B and CSV): the data is checked before either starts.
+    msg = refused(log_dir, "dataset=tfd", data_dir=tmp_path / "empty", logger=None)
+    assert f"TFD file not found: {tmp_path / 'empty' / 'TFD' / 'TFD_48x48.mat'}" in msg
+
+
+def test_tfd_valid_split_too_small(log_dir, tmp_path):
+    from test_tfd import write_tfd
+
+    write_tfd(tmp_path / "TFD" / "TFD_48x48.mat", valid_rows=1)
+    msg = refused(log_dir, "dataset=tfd", data_dir=tmp_path)
+    assert msg == ("error: the valid split of tfd (fold 0) has 1 row: the per-epoch Parzen estimate needs at least 2 "
+                   "(sigma is picked on some, the others are scored); use a fold or data set with a larger valid split")
 
 
 def test_missing_mnist_files_named(log_dir, tmp_path):
@@ -133,7 +161,7 @@ def test_ckpt_last_without_checkpoints(log_dir):
 def test_ckpt_last_finds_newest_of_same_experiment(tmp_path):
     import os
 
-    from advnets.run import find_last_checkpoint
+    from advnets.checkpoints import find_last_checkpoint
 
     cfg = OmegaConf.to_container(compose(), resolve=True)
     paths = []
@@ -148,20 +176,150 @@ def test_ckpt_last_finds_newest_of_same_experiment(tmp_path):
 # --- training faults: short epochs on real MNIST ------------------------------------------------------
 QUICK = ["logger=none", "test_after_fit=false", "trainer.enable_progress_bar=false",
          "parzen.val_samples=100", "dataset.parzen_val_select=100", "dataset.parzen_val_points=100"]
+# Runs compared for bitwise equality draw from every source of randomness and carry every state a resume must
+# restore: dropout, G's noise, instance noise (drawn from the same generator), R1 and G's EMA (both on by
+# default); every step is logged.
+EXACT = ["stabilisers.instance_noise_std=0.1", "trainer.log_every_n_steps=1"]
+TESTS_ON_PATH = {"PYTHONPATH": str(REPO / "tests")}  # for callbacks.extra=[{_target_: test_reliability...}]
 
 
-def train(data_dir, run_dir, *args, batches=5, **kwargs):
-    quick = [a for a in QUICK if not any(a.startswith("logger=") for a in args) or not a.startswith("logger=")]
-    return run_script("train.py", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
-                      f"hydra.run.dir={run_dir}", *quick, f"trainer.limit_train_batches={batches}", *args, **kwargs)
+def train(data_dir, run_dir, *args, batches=5, log_dir=None, **kwargs):
+    """train.py on `batches` batches an epoch, QUICK less what `args` set, in `run_dir` (None: Hydra's new
+    folder under `log_dir`)."""
+    keys = {a.split("=", 1)[0] for a in args}
+    quick = [a for a in QUICK if a.split("=", 1)[0] not in keys]
+    where = [f"paths.log_dir={log_dir}"] if run_dir is None else [f"paths.log_dir={run_dir.parent}",
+                                                                  f"hydra.run.dir={run_dir}"]
+    return run_script("train.py", f"paths.data_dir={data_dir}", *where, *quick,
+                      f"trainer.limit_train_batches={batches}", *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def one_epoch(data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reliability") / "one_epoch"
-    proc = train(data_dir, run_dir, "trainer.max_epochs=1")
+    proc = train(data_dir, run_dir, *EXACT, "trainer.max_epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def straight(data_dir, tmp_path_factory):
+    """Two uninterrupted epochs, with the CSV log and the progress output (stderr is not a terminal here)."""
+    run_dir = tmp_path_factory.mktemp("reliability") / "straight"
+    proc = train(data_dir, run_dir, *EXACT, "trainer.max_epochs=2", "logger=csv", "trainer.enable_progress_bar=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc.stderr
+
+
+def same_training(path_a, path_b) -> dict:
+    """Assert two checkpoints hold the same training state, bit for bit: counters, every tensor of the state_dict
+    (G, D, G's EMA, the fixed z), both optimisers' states and hyper-parameters."""
+    a, b = (torch.load(p, map_location="cpu", weights_only=True) for p in (path_a, path_b))
+    assert a["counters"] == b["counters"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert any(key.startswith("generator_ema.") for key in a["state_dict"])
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert len(a["optimizer_states"]) == len(b["optimizer_states"]) == 2
+    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
+        assert sa["param_groups"] == sb["param_groups"]
+        assert sa["state"].keys() == sb["state"].keys()
+        for i, state in sa["state"].items():
+            for name, value in state.items():
+                assert torch.equal(value, sb["state"][i][name]), (i, name)
+    return a
+
+
+def test_exact_resume_equals_uninterrupted_run(one_epoch, straight, data_dir, tmp_path):
+    # The end-of-epoch checkpoint under its own name, pasted into ckpt_path= as it is (no `=` in it).
+    epoch_ckpt = one_epoch.parent / "epoch0000-step10.ckpt"
+    assert sorted(p.name for p in one_epoch.parent.iterdir()) == [epoch_ckpt.name, "last.ckpt"]
+    resumed = train(data_dir, tmp_path / "resumed", *EXACT, "trainer.max_epochs=2", f"ckpt_path={epoch_ckpt}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    done = same_training(straight[0] / "checkpoints" / "last.ckpt", tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert done["counters"] == {"d_updates": 10, "g_updates": 10}
+
+
+@pytest.fixture(scope="module")
+def preempted(data_dir, tmp_path_factory):
+    """A run stopped by SIGTERM at the end of batch 2 of its second epoch (of 5), then resumed with the command
+    it printed: (its run folder, the counters in the checkpoint it stopped with)."""
+    log_dir = tmp_path_factory.mktemp("preempted")
+    stop = "callbacks.extra=[{_target_:test_reliability.StopAtBatch,epoch:2,batch:2}]"
+    stopped = train(data_dir, None, *EXACT, "trainer.max_epochs=2", "logger=[wandb,csv]", stop, log_dir=log_dir,
+                    env=TESTS_ON_PATH)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    (run_dir,) = (log_dir / "runs").iterdir()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"stopped by SIGTERM: checkpoint saved to {last}; resume with:" in stopped.stderr
+    at_stop = torch.load(last, map_location="cpu", weights_only=True)["counters"]
+    command = shlex.split(stopped.stderr.split("resume with:\n", 1)[1].splitlines()[0])
+    assert command[:2] == ["python", "src/train.py"] and command[-1] == f"ckpt_path={last}"
+    resumed = run_script("train.py", *command[2:], env=TESTS_ON_PATH)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [p.name for p in (log_dir / "runs").iterdir()] == [run_dir.name]  # continued in the same folder
+    return run_dir, at_stop
+
+
+def test_preempted_mid_epoch_resumes_bitwise(preempted, straight):
+    run_dir, at_stop = preempted
+    assert at_stop == {"d_updates": 7, "g_updates": 7}  # 5 batches of epoch 1 and 2 of epoch 2
+    done = same_training(straight[0] / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "last.ckpt")
+    assert done["counters"] == {"d_updates": 10, "g_updates": 10}
+
+
+def test_resumed_run_logs_continue_the_same_curves(preempted, straight):
+    from report import read_metrics
+
+    run_dir, _ = preempted
+    # CSV: the resumed part is the folder's next version; read as one run, it is the uninterrupted run's log.
+    assert sorted(p.name for p in (run_dir / "csv").iterdir()) == ["version_0", "version_1"]
+    rows, expected = read_metrics(run_dir), read_metrics(straight[0])
+    elapsed = [r["train/elapsed_s"] for r in rows if "train/elapsed_s" in r]
+    assert elapsed == sorted(elapsed)  # training time adds up across the resume
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "train/elapsed_s"} for r in rs]  # noqa: E731
+    assert drop(rows) == drop(expected) and len(rows) == 14
+    # W&B: the resumed part is the same run (same id), its steps going on where the stopped part's ended.
+    segments = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1
+    steps = [wandb_steps(p) for p in segments]
+    assert steps[0][-1] == 6 and steps[1][0] == 7
+    assert steps[0] + steps[1] == [r["step"] for r in rows if "train/d_loss" in r]
+
+
+def wandb_steps(offline_run) -> list[int]:
+    """trainer/global_step (the x axis Lightning gives W&B) of the training rows an offline W&B run logged."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(offline_run)],
+                         capture_output=True, text=True, check=True).stdout
+    records = [json.loads(line) for line in out.splitlines()]
+    return [int(r["history"]["item"]["trainer/global_step"]) for r in records if r.get("type") == "history"
+            and "train/d_loss" in r["history"]["item"]]
+
+
+def test_progress_off_a_terminal_is_a_line_per_epoch(straight):
+    _, stderr = straight
+    assert "\r" not in stderr  # no bar redrawn for every batch
+    lines = [line for line in stderr.splitlines() if line.startswith("epoch ")]
+    assert lines[0].startswith("epoch 1/2 batch 5/5 (100%) ") and " batch/s " in lines[0]
+    assert " d_loss " in lines[0] and " g_loss " in lines[0] and " d_real " in lines[0]
+    assert lines[1].startswith("epoch 1 done in ") and ", val/parzen_ll " in lines[1]
+    assert len(lines) == 4  # a line every callbacks.progress.every_s (30) seconds, and at each epoch's end
+
+
+def test_max_time_stops_mid_epoch_with_a_checkpoint(data_dir, tmp_path):
+    proc = train(data_dir, tmp_path / "timed", "trainer.max_time=00:00:00:01", "trainer.max_epochs=1000", batches=50)
+    last = tmp_path / "timed" / "checkpoints" / "last.ckpt"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (f"stopped: trainer.max_time (1 s of fitting in this command) reached: checkpoint saved to {last}"
+            in proc.stderr)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    (position,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert position["batches_taken"] == ckpt["counters"]["d_updates"] - 50 * position["epoch"]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, data_dir, tmp_path):
@@ -181,23 +339,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, dat
     assert good.read_bytes() == before
     assert not (tmp_path / "diverged" / "checkpoints" / "last.ckpt").exists()
     torch.load(good, map_location="cpu", weights_only=True)
-
-
-def test_exact_resume_equals_uninterrupted_run(one_epoch, data_dir, tmp_path):
-    straight = train(data_dir, tmp_path / "straight", "trainer.max_epochs=2")
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    resumed = train(data_dir, tmp_path / "resumed", "trainer.max_epochs=2", f"ckpt_path={one_epoch}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = (torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-            for name in ("straight", "resumed"))
-    assert a["counters"] == b["counters"] == {"d_updates": 10, "g_updates": 10}
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
-    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
-        assert sa["param_groups"] == sb["param_groups"]
-        for i, state in sa["state"].items():
-            for name, value in state.items():
-                assert torch.equal(value, sb["state"][i][name]), (i, name)
 
 
 def test_lightning_sets_the_epoch_of_the_batch_sampler():
@@ -278,3 +419,18 @@ def test_model_without_nets_for_the_dataset(tmp_path, monkeypatch):
     (found,) = preflight.problems(["dataset=cifar10"])
     assert found.startswith("model 'maxout' has no nets for dataset 'cifar10' (conf/paper/maxout_cifar10.yaml)")
     assert "available: maxout on mnist" in found
+
+
+class StopAtBatch(pl.Callback):
+    """Sends this process SIGTERM at the end of batch `batch` (1-based) of epoch `epoch`: a preemption at a
+    fixed point. (The test adds it with callbacks.extra; the subprocess finds it on PYTHONPATH.)"""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (trainer.current_epoch + 1, batch_idx + 1) == (self.epoch, self.batch):
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)

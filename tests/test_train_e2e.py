@@ -78,7 +78,9 @@ def test_training_end_writes_the_paper_figures(trained):
 
 
 def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path):
-    proc = run_script("eval.py", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"paths.data_dir={data_dir}",
+    # The epoch's checkpoint under its own name, pasted into ckpt_path= as it is (no `=` for Hydra to choke on).
+    ckpt = trained / "checkpoints" / "epoch0000-step45.ckpt"
+    proc = run_script("eval.py", f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}",
                       "n_samples=1000", f"hydra.run.dir={tmp_path / 'eval'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("| DBN (paper) | 138 ± 2 |", "| Stacked CAE (paper) | 121 ± 1.6 |", "| Deep GSN (paper) | 214 ± 1.1 |",

@@ -1,15 +1,16 @@
-"""Callbacks that end training cleanly: on divergence (non-finite values) and on SIGTERM/SIGINT."""
+"""Callbacks that end training cleanly: on divergence (non-finite values), on SIGTERM/SIGINT and at a time limit."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from advnets.run import Preempted, TrainingDiverged
+from advnets.errors import Preempted, TrainingDiverged
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -38,15 +39,33 @@ class DivergenceGuard(pl.Callback):
                 f"checkpoint: {where}; try a lower optimizer.lr")
 
 
-class PreemptionHandler(pl.Callback):
-    """SIGTERM/SIGINT set a flag; the next batch end saves <checkpoints>/last.ckpt and raises Preempted.
+def parse_max_time(max_time) -> float | None:
+    """`trainer.max_time` in seconds: "DD:HH:MM:SS" (Lightning's format), or {days: .., hours: .., ...}."""
+    if max_time is None:
+        return None
+    if isinstance(max_time, str):
+        days, hours, minutes, seconds = (int(x) for x in max_time.split(":"))
+        return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    units = {"weeks": 604800, "days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+    return float(sum(units[k] * float(v) for k, v in dict(max_time).items()))
 
-    Installed before `trainer.fit`, so Lightning's own SIGTERM handler (which it composes with ours)
-    still runs too, and SLURM's requeue signal (SIGUSR1) stays Lightning's.
+
+class PreemptionHandler(pl.Callback):
+    """Stops training at a batch end with <checkpoints>/last.ckpt saved there, which resumes exactly.
+
+    Stops when SIGTERM/SIGINT arrived (they set a flag), or when this command has fitted for
+    `max_time_s` seconds (`trainer.max_time`: Lightning's own timer would end the epoch early and save
+    it as finished, losing the rest of the epoch on resume); then raises Preempted. Installed before
+    `trainer.fit`, so Lightning's own SIGTERM handler (which it composes with ours) still runs too, and
+    SLURM's requeue signal (SIGUSR1) stays Lightning's. Under DDP the ranks agree at every batch end
+    whether to stop, so all of them save the same batch. Put it after the other callbacks: the
+    checkpoint then holds what they did with the last batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_time_s: float | None = None) -> None:
         self.signum: int | None = None
+        self.max_time_s = max_time_s
+        self._start = time.monotonic()
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -57,15 +76,30 @@ class PreemptionHandler(pl.Callback):
             raise KeyboardInterrupt  # a second Ctrl+C: stop now
         self.signum = signum
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = time.monotonic()
+
+    def _reason(self) -> int | str | None:
+        if self.signum is not None:
+            return self.signum
+        if self.max_time_s is not None and time.monotonic() - self._start >= self.max_time_s:
+            return f"trainer.max_time ({self.max_time_s:.0f} s of fitting in this command) reached"
+        return None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.signum is None:
+        reason = self._reason()
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
+            reason = reason if reason is not None else signal.SIGTERM  # another rank got the signal
+        if reason is None:
             return
+        # This batch's step metrics: Lightning writes them after the batch-end hooks, which stop here.
+        trainer._logger_connector.update_train_step_metrics()
         dirpath = Path(trainer.checkpoint_callback.dirpath)
         path, tmp = dirpath / "last.ckpt", dirpath / ".last.ckpt.partial"
         trainer.save_checkpoint(tmp)  # then renamed: a kill during the save leaves the old last.ckpt whole
         if trainer.is_global_zero:
             os.replace(tmp, path)
-        raise Preempted(self.signum, str(path))
+        raise Preempted(reason, str(path))
 
 
 class CollapseMonitor(pl.Callback):
@@ -104,8 +138,10 @@ class CollapseMonitor(pl.Callback):
         if self.collapsed_at is not None and self.stop:
             trainer.should_stop = True
 
-    def state_dict(self) -> dict:
-        return {"streak": self.streak, "collapsed_at": self.collapsed_at}
+    def state_dict(self) -> dict:  # the sums too: a run resumed mid-epoch goes on summing that epoch
+        return {"streak": self.streak, "collapsed_at": self.collapsed_at, "sums": self._sums.tolist()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.streak, self.collapsed_at = int(state_dict["streak"]), state_dict["collapsed_at"]
+        if "sums" in state_dict:
+            self._sums = torch.tensor(state_dict["sums"], dtype=torch.float64)

@@ -77,6 +77,7 @@ class GAN(pl.LightningModule):
         self.parzen_ema = ParzenLogLikelihood() if self.generator_ema is not None else None
         self._noise_gen: torch.Generator | None = None
         self._fit_start = time.monotonic()
+        self._seconds_before = 0.0  # training_seconds() of the checkpoint resumed from
 
     # --- noise ---------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
@@ -85,8 +86,8 @@ class GAN(pl.LightningModule):
                           device if device is not None else self.device)
 
     def _seeded_generator(self, *salt: int) -> torch.Generator:
-        # Seeds derived from (run seed, rank, epoch...) make every rank draw its own noise and
-        # make a resumed epoch draw exactly what the uninterrupted run drew.
+        # Seeds derived from (run seed, rank, epoch, batch...) make every rank draw its own noise and
+        # make a resumed run draw exactly what the uninterrupted run drew.
         return torch.Generator(device=self.device).manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, *salt))
 
     def generator_for(self, which: str) -> torch.nn.Module:
@@ -129,12 +130,16 @@ class GAN(pl.LightningModule):
         self._fit_start = time.monotonic()
 
     def on_train_epoch_start(self) -> None:
-        epoch = self.current_epoch + 1
         for opt in self.optimizers():
-            start_epoch(opt.optimizer, self.cfg.optimizer, epoch)
-        self._noise_gen = self._seeded_generator(epoch)
-        # Dropout draws from the global generator: seed it per (rank, epoch) for exact resumes.
-        torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, 7))
+            start_epoch(opt.optimizer, self.cfg.optimizer, self.current_epoch + 1)
+
+    def on_train_batch_start(self, batch: Tensor, batch_idx: int) -> None:
+        # The batch's noise (and instance noise) and its dropout masks (the global generator) are drawn from
+        # seeds of (seed, rank, epoch, batch): every rank draws its own, and a run resumed at any batch,
+        # even mid-epoch, draws exactly what the uninterrupted run drew there.
+        epoch = self.current_epoch + 1
+        self._noise_gen = self._seeded_generator(epoch, batch_idx)
+        torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, 7))
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         d_opt, g_opt = self.optimizers()
@@ -241,8 +246,12 @@ class GAN(pl.LightningModule):
         metrics = {f"train/{k}": v for k, v in self._last.items()}
         metrics.update({"train/d_updates": float(self.d_updates), "train/g_updates": float(self.g_updates),
                         "train/lr": float(group["lr"]), "train/momentum": float(momentum),
-                        "train/elapsed_s": time.monotonic() - self._fit_start})  # since this process began fitting
+                        "train/elapsed_s": self.training_seconds()})
         return metrics
+
+    def training_seconds(self) -> float:
+        """Wall time spent fitting, over this run and the runs it resumed."""
+        return self._seconds_before + time.monotonic() - self._fit_start
 
     def _log_train(self) -> None:
         self.log_dict(self._train_metrics(), on_step=True, on_epoch=False)
@@ -337,11 +346,16 @@ class GAN(pl.LightningModule):
                     logger.log_image(key=key, images=[str(path)], step=self.trainer.global_step)
 
     # --- checkpoints ---------------------------------------------------------------------------
+    # Resuming restores the weights (G's EMA too), both optimisers, Lightning's loop counters and the
+    # training loader's position in the epoch (data/batches.py); the noise needs no state (see
+    # on_train_batch_start). These counters are the rest.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["counters"] = {"d_updates": self.d_updates, "g_updates": self.g_updates}
+        checkpoint["training_seconds"] = self.training_seconds()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = checkpoint.get("counters", {})
         self.d_updates = int(counters.get("d_updates", 0))
         self.g_updates = int(counters.get("g_updates", 0))
+        self._seconds_before = float(checkpoint.get("training_seconds", 0.0))
 

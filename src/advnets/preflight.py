@@ -43,7 +43,9 @@ def problems(argv: list[str]) -> list[str]:
     args = _overrides(argv)
     found = []
     for group in GROUPS:
-        for value in args.get(group, "null").split(","):  # a multirun sweeps `group=a,b`
+        given = args.get(group, "null")
+        # A list of options (`logger=[wandb,csv]`), or a multirun sweeping `group=a,b`.
+        for value in (given[1:-1] if given.startswith("[") and given.endswith("]") else given).split(","):
             if value not in ("null", *options(group)):
                 found.append(f"unknown {group} {value!r}: choose one of {', '.join(options(group))} (conf/{group}/)")
     model, dataset = args.get("model", DEFAULTS["model"]), args.get("dataset", DEFAULTS["dataset"])

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from advnets.run import UserError
+from advnets.errors import UserError
 
 
 class DataError(UserError):
@@ -27,6 +27,7 @@ class EpochBatchSampler:
 
     Rank r of w gets positions r, r + w, ... of the epoch's permutation: disjoint shares covering
     every row once, and the last partial batch is kept (the paper's code drops nothing either).
+    A run resumed mid-epoch (`resume_at`) takes the rest of that epoch's batches, in the same order.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
@@ -35,12 +36,18 @@ class EpochBatchSampler:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.epoch = 0
+        self.skip = 0  # batches at the start of `epoch` already trained on before a resume
         # Lightning calls set_epoch on `loader.sampler` and `loader.batch_sampler.sampler`, not on
         # the batch sampler itself; pointing `sampler` here makes it reach us through either path.
         self.sampler = self
 
     def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self.skip = 0
         self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, batches_taken: int) -> None:
+        self.epoch, self.skip = int(epoch), int(batches_taken)
 
     def indices(self) -> Tensor:
         if self.shuffle:
@@ -51,14 +58,40 @@ class EpochBatchSampler:
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[Tensor]:
-        return iter(self.indices().split(self.batch_size))
+        # A generator: the permutation is drawn at the first batch, after Lightning has set the epoch.
+        yield from self.indices().split(self.batch_size)[self.skip :]
 
     def __len__(self) -> int:
         share = len(range(self.rank, self.n, self.world_size))
         return -(-share // self.batch_size)
 
 
-class TensorBatches:
+class _ResumableBatches:
+    """Counts the batches handed out in the current epoch, for Lightning to save in checkpoints.
+
+    Lightning saves `state_dict()` of the training loader with every checkpoint and, when it resumes
+    mid-epoch, gives it back to `load_state_dict()`; the sampler then skips the batches already
+    trained on. (Training loaders have a length, so Lightning fetches no batch ahead: the count at a
+    batch's end includes that batch and no other.)
+    """
+
+    batch_sampler: EpochBatchSampler
+    taken = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "batches_taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume_at(state["epoch"], state["batches_taken"])
+
+    def _counted(self, batches: Iterator) -> Iterator:
+        self.taken = self.batch_sampler.skip
+        for batch in batches:
+            self.taken += 1
+            yield batch
+
+
+class TensorBatches(_ResumableBatches):
     """An iterable of `data[idx]` over a batch sampler: the device-resident DataLoader."""
 
     def __init__(self, data: Tensor, batch_sampler: EpochBatchSampler):
@@ -67,11 +100,20 @@ class TensorBatches:
         self.sampler = batch_sampler
 
     def __iter__(self) -> Iterator[Tensor]:
-        for idx in self.batch_sampler:
-            yield self.data[idx.to(self.data.device)]
+        return self._counted(self.data[idx.to(self.data.device)] for idx in self.batch_sampler)
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
+
+
+class ResumableDataLoader(_ResumableBatches, DataLoader):
+    """The DataLoader path (dataset.on_device=false), resumable mid-epoch like TensorBatches."""
+
+    def __iter__(self) -> Iterator:
+        return self._counted(self._batches())
+
+    def _batches(self) -> Iterator:  # a generator, so the sampler runs after Lightning has set the epoch
+        yield from DataLoader.__iter__(self)
 
 
 class _Rows(Dataset):
@@ -108,6 +150,27 @@ class TensorDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.load_splits()
+        if stage == "fit":
+            self.parzen_val_sizes()  # a valid split too small for the per-epoch estimate is refused here
+
+    def parzen_val_sizes(self) -> tuple[int, int]:
+        """The valid rows the per-epoch estimate (val/parzen_ll) picks sigma on, and the next ones it scores.
+
+        `parzen_val_select` and `parzen_val_points` rows; a valid split with fewer rows than the two
+        together is divided in the same proportion (500 and 1000: the first third picks sigma, the
+        other two thirds are scored), at least one row each. Fewer than 2 rows cannot be divided.
+        """
+        n = len(self.splits["valid"])
+        select, points = int(self.cfg["parzen_val_select"]), int(self.cfg["parzen_val_points"])
+        if n >= select + points:
+            return select, points
+        if n < 2:
+            fold = f" (fold {self.cfg['fold']})" if "fold" in self.cfg else ""
+            raise DataError(f"the valid split of {self.cfg.get('name')}{fold} has {n} row{'' if n == 1 else 's'}: "
+                            f"the per-epoch Parzen estimate needs at least 2 (sigma is picked on some, the others are "
+                            f"scored); use a fold or data set with a larger valid split")
+        select = min(max(1, round(n * select / (select + points))), n - 1)
+        return select, n - select
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -123,7 +186,7 @@ class TensorDataModule(pl.LightningDataModule):
         if self.cfg.get("on_device", True):
             self.splits["train"] = self.splits["train"].to(self._device())
             return TensorBatches(self.splits["train"], sampler)
-        return DataLoader(_Rows(self.splits["train"]), batch_sampler=sampler,
+        return ResumableDataLoader(_Rows(self.splits["train"]), batch_sampler=sampler,
                           num_workers=int(self.cfg.get("num_workers", 0)),
                           pin_memory=self._device().type == "cuda")
 
@@ -135,7 +198,7 @@ class TensorDataModule(pl.LightningDataModule):
         return TensorBatches(points, sampler)
 
     def val_dataloader(self):
-        n_select, n_points = int(self.cfg["parzen_val_select"]), int(self.cfg["parzen_val_points"])
+        n_select, n_points = self.parzen_val_sizes()
         valid = self.splits["valid"]
         return [self._points(valid[:n_select]), self._points(valid[n_select : n_select + n_points])]
 

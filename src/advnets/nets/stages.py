@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from advnets.run import UserError, load_checkpoint
+from advnets.checkpoints import load_checkpoint
+from advnets.errors import UserError
 
 
 def init_from(generator_cfg) -> str | None:
