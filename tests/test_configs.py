@@ -168,12 +168,25 @@ def test_every_option_builds_and_takes_a_training_step(data_root, splits, tmp_pa
     assert [type(x).__name__ for x in trainer.loggers] == (["CSVLogger"] if logger == "csv" else [])
 
 
-@pytest.mark.parametrize("trainer_option", options("trainer"))
 @pytest.mark.parametrize("logger", ["[wandb,csv]", *options("logger")])
-def test_loggers_and_trainer_build_from_every_option(tmp_path, trainer_option, logger):
-    """build_loggers and pl.Trainer(**cfg.trainer) for every logger and trainer option: the loggers write into the
-    run folder (W&B offline unless WANDB_MODE says otherwise), and the Trainer gets the accelerator, strategy
-    and devices its config names."""
+def test_loggers_build_from_every_option(tmp_path, logger):
+    """build_loggers for every logger option (and the default, W&B and CSV): the loggers it names, writing into
+    the run folder; W&B offline unless WANDB_MODE says otherwise, in project advnets."""
+    from advnets.run import build_loggers
+
+    loggers = build_loggers(compose(f"logger={logger}", output_dir=tmp_path))
+    names = {"[wandb,csv]": ["WandbLogger", "CSVLogger"], "wandb": ["WandbLogger"], "csv": ["CSVLogger"], "none": []}
+    assert [type(x).__name__ for x in loggers] == names[logger]
+    for x in loggers:
+        assert Path(x.save_dir) == tmp_path
+        if type(x).__name__ == "WandbLogger":
+            assert x._wandb_init["mode"] == os.environ.get("WANDB_MODE", "offline") and x._project == "advnets"
+
+
+@pytest.mark.parametrize("trainer_option", options("trainer"))
+def test_trainer_builds_from_every_option(tmp_path, trainer_option):
+    """pl.Trainer(**cfg.trainer) with the default loggers for every trainer option: the accelerator, strategy
+    and devices its config names (GPU options only where there is a GPU)."""
     from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
     from advnets.run import build_loggers
@@ -181,16 +194,10 @@ def test_loggers_and_trainer_build_from_every_option(tmp_path, trainer_option, l
     if OmegaConf.load(REPO / "conf" / "trainer" / f"{trainer_option}.yaml").get("accelerator") == "gpu" \
             and not torch.cuda.is_available():
         pytest.skip("needs a GPU")
-    cfg = compose(f"logger={logger}", f"trainer={trainer_option}", output_dir=tmp_path)
+    cfg = compose(f"trainer={trainer_option}", output_dir=tmp_path)
     loggers = build_loggers(cfg)
-    names = {"[wandb,csv]": ["WandbLogger", "CSVLogger"], "wandb": ["WandbLogger"], "csv": ["CSVLogger"], "none": []}
-    assert [type(x).__name__ for x in loggers] == names[logger]
-    for x in loggers:
-        assert Path(x.save_dir) == tmp_path
-        if type(x).__name__ == "WandbLogger":
-            assert x._wandb_init["mode"] == os.environ.get("WANDB_MODE", "offline") and x._project == "advnets"
-    trainer = pl.Trainer(**cfg.trainer, logger=loggers or False)
-    assert trainer.loggers == loggers and trainer.default_root_dir == str(tmp_path)
+    trainer = pl.Trainer(**cfg.trainer, logger=loggers)
+    assert trainer.loggers == loggers and len(loggers) == 2 and trainer.default_root_dir == str(tmp_path)
     assert trainer.max_epochs == 300 and trainer.log_every_n_steps == 50
     if "ddp" in trainer_option:
         assert isinstance(trainer.strategy, DDPStrategy) and trainer.strategy._ddp_kwargs["find_unused_parameters"]
