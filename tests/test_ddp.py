@@ -1,7 +1,9 @@
 """`python src/train.py trainer=ddp_cpu`: 2 CPU processes (gloo), run as a user runs it.
 
 Each rank records what it did through RankProbe, a callback the test adds with `callbacks.extra`
-(the subprocess finds it on PYTHONPATH): the first noise it drew, its counters, its final parameters.
+(the subprocess finds it on PYTHONPATH): its first two training batches, the noise they drew (with the
+global RNG state at that moment, which dropout draws from), both nets' parameters around them, the
+Parzen centres it drew for the final estimate, its counters and its final parameters.
 """
 
 from __future__ import annotations
@@ -17,27 +19,57 @@ import torch
 from conftest import REPO, compose, run_script, tiny_run
 
 BATCHES, K = 20, 2
+# Small nets (the DDP machinery does not depend on their size), and a D whose initial weights are large enough
+# that G's first step is far above float32 rounding (at the paper's 0.005 it moves G's weights by ~1e-8).
+NETS = ["model.generator.layers=[{units:64,activation:relu,irange:0.05}]",
+        "model.discriminator.layers=[{units:32,pieces:5,irange:0.1}]", "model.discriminator.output_irange=0.5"]
+
+
+def nets(module) -> dict:
+    return {n: p.detach().clone() for net in ("generator", "discriminator")
+            for n, p in getattr(module, net).named_parameters(prefix=net)}
 
 
 class RankProbe(pl.Callback):
-    """Writes <folder>/rank<r>.pt: the first D step's noise, the counters and parameters at the end of
-    training, and the sizes the final Parzen estimate saw."""
+    """Writes <folder>/rank<r>.pt (see the module docstring)."""
 
     def __init__(self, folder: str):
         self.folder = Path(folder)
-        self.first_z = None
-        self.record = {}
+        self.step = None  # the 0-based training batch of epoch 1 being recorded, else None
+        self.record = {"batches": [], "noise": [], "params": [], "centres": []}
+
+    def on_train_start(self, trainer, module) -> None:
+        real_noise, real_sample = module.noise, module.sample
+
+        def noise(n, generator=None, device=None):
+            rng = torch.get_rng_state()
+            z = real_noise(n, generator, device)
+            if self.step is not None:
+                self.record["noise"].append((self.step, z.clone(), rng))
+            return z
+
+        def sample(n, generator=None, batch=2000, which="raw"):
+            x = real_sample(n, generator, batch, which)
+            if trainer.testing:
+                self.record["centres"].append((which, x.clone()))
+            return x
+
+        module.noise, module.sample = noise, sample
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if self.first_z is None:  # what the first D step is about to draw: a copy of the noise generator
-            module.on_train_batch_start(batch, batch_idx)  # seeds the batch's noise (before the module's own call)
-            gen = torch.Generator(device=module.device)
-            gen.set_state(module._noise_gen.get_state())
-            self.first_z = module.noise(8, gen)
+        if trainer.current_epoch == 0 and batch_idx < 2:
+            self.step = batch_idx
+            self.record["batches"].append(batch.clone())
+            self.record["params"].append(nets(module))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.step == 1:
+            self.record["params"].append(nets(module))
+        self.step = None
 
     def on_train_end(self, trainer, module) -> None:
-        self.record = {"world_size": trainer.world_size, "z": self.first_z, "counters": (module.d_updates, module.g_updates),
-                       "params": {n: p.detach().clone() for n, p in module.named_parameters()}}
+        self.record.update({"world_size": trainer.world_size, "counters": (module.d_updates, module.g_updates),
+                            "final": {n: p.detach().clone() for n, p in module.named_parameters()}})
 
     def on_test_end(self, trainer, module) -> None:
         self.record["parzen"] = (module.last_parzen["raw"].n_samples, module.last_parzen["raw"].n_points)
@@ -49,7 +81,7 @@ def ddp_run(data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     run_dir = tmp / "run"
     probe = f"callbacks.extra=[{{_target_:test_ddp.RankProbe,folder:'{tmp}'}}]"
-    proc = run_script("train.py", "trainer=ddp_cpu", f"k={K}", *tiny_run(data_dir, BATCHES), probe,
+    proc = run_script("train.py", "trainer=ddp_cpu", f"k={K}", *tiny_run(data_dir, BATCHES), *NETS, probe,
                       f"hydra.run.dir={run_dir}", env={"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -59,19 +91,92 @@ def ddp_run(data_dir, tmp_path_factory):
 def test_ranks_end_with_identical_parameters(ddp_run):
     run_dir, (rank0, rank1) = ddp_run
     assert rank0["world_size"] == rank1["world_size"] == 2
-    assert rank0["params"].keys() == rank1["params"].keys()
-    # The ranks saw different batches and noise: equal weights mean both nets' gradients were averaged.
-    for name, p in rank0["params"].items():
-        assert torch.equal(p, rank1["params"][name]), name
+    assert rank0["final"].keys() == rank1["final"].keys()
+    # The ranks saw different batches and noise, yet their weights stay equal (the mean is checked below).
+    for name, p in rank0["final"].items():
+        assert torch.equal(p, rank1["final"][name]), name
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    for name, p in rank0["params"].items():
+    for name, p in rank0["final"].items():
         assert torch.equal(p, ckpt["state_dict"][name]), name
 
 
-def test_each_rank_draws_its_own_noise(ddp_run):
+def test_each_rank_trains_on_its_own_batches_and_noise(ddp_run):
+    """In the real fit, the ranks' first batches are different images and every noise draw differs."""
     _, (rank0, rank1) = ddp_run
-    assert rank0["z"].shape == (8, 100)
-    assert not torch.allclose(rank0["z"], rank1["z"])
+    for a, b in zip(rank0["batches"], rank1["batches"]):
+        assert a.shape == b.shape == (100, 1, 28, 28) and torch.cdist(a.flatten(1), b.flatten(1)).min() > 0
+    # Batch 1: a D step; batch 2: a D step, then the G step (k = 2).
+    assert [s for s, _, _ in rank0["noise"]] == [s for s, _, _ in rank1["noise"]] == [0, 1, 1]
+    for (_, z0, _), (_, z1, _) in zip(rank0["noise"], rank1["noise"]):
+        assert z0.shape == (100, 100) and torch.cdist(z0, z1).min() > 0
+
+
+def close(change: torch.Tensor, expected: torch.Tensor) -> bool:
+    return bool((change - expected).abs().max() <= 1e-3 * expected.abs().max())
+
+
+def flat(params: dict, prefix: str) -> torch.Tensor:
+    return torch.cat([p.flatten() for n, p in params.items() if n.startswith(prefix)])
+
+
+def test_each_step_is_the_mean_of_the_ranks_gradients(ddp_run):
+    """Each rank's first D step and first G step, recomputed in this process from what the rank recorded
+    (batch, noise, dropout RNG state, parameters): the change of the weights is -lr0 times the mean of the
+    two ranks' gradients, and neither their sum nor either rank's own gradient."""
+    run_dir, ranks = ddp_run
+    from advnets.module import GAN
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    module = GAN(ckpt["hyper_parameters"]["config"])
+    lr0 = float(module.cfg.optimizer.lr)
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):  # the same weights on both ranks at every point
+        assert all(torch.equal(p, b[n]) for n, p in a.items())
+    before, between, after = ranks[0]["params"]  # batch 1 start, batch 2 start, batch 2 end
+    assert torch.equal(flat(between, "generator"), flat(before, "generator"))  # D's steps leave G alone
+    named = dict(module.named_parameters())
+
+    def gradients(params: dict, loss_of) -> list[torch.Tensor]:
+        with torch.no_grad():
+            for n, p in params.items():
+                named[n].copy_(p)
+        out = []
+        for rank in ranks:
+            with torch.random.fork_rng():
+                out.append(loss_of(rank))
+        return out
+
+    def d_loss(rank) -> torch.Tensor:  # D's loss of batch 1 (R1 included), with the rank's dropout masks
+        _, z, rng = rank["noise"][0]
+        torch.set_rng_state(rng)
+        with torch.no_grad():
+            fake = module.generator(z)
+        loss = module._discriminator_loss(rank["batches"][0], fake)[2]
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(module.discriminator.parameters()))])
+
+    def g_loss(rank) -> torch.Tensor:  # G's non-saturating loss of its first step (batch 2), at D after batch 2's D step
+        _, z, rng = rank["noise"][2]
+        torch.set_rng_state(rng)
+        loss = torch.nn.functional.softplus(-module.discriminator(module.generator(z))).mean()
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(module.generator.parameters()))])
+
+    d_grads = gradients(before, d_loss)
+    g_grads = gradients({**before, **{n: p for n, p in after.items() if n.startswith("discriminator")}}, g_loss)
+    for prefix, grads, change in (("discriminator", d_grads, flat(between, "discriminator") - flat(before, "discriminator")),
+                                  ("generator", g_grads, flat(after, "generator") - flat(before, "generator"))):
+        mean = (grads[0] + grads[1]) / 2
+        assert close(change, -lr0 * mean), (prefix, (change + lr0 * mean).abs().max() / (lr0 * mean).abs().max())
+        for wrong in (-lr0 * 2 * mean, -lr0 * grads[0], -lr0 * grads[1]):
+            assert not close(change, wrong), prefix
+
+
+def test_ranks_draw_different_parzen_centres(ddp_run):
+    """For the final estimate each rank draws its own share (100 of parzen.test_samples = 200) of centres, for
+    G and for its EMA, from its own noise: the shares differ."""
+    _, (rank0, rank1) = ddp_run
+    assert [w for w, _ in rank0["centres"]] == [w for w, _ in rank1["centres"]] == ["raw", "ema"]
+    for (_, a), (_, b) in zip(rank0["centres"], rank1["centres"]):
+        assert a.shape == b.shape == (100, 1, 28, 28)
+        assert torch.cdist(a.flatten(1), b.flatten(1)).min() > 0
 
 
 def test_counters_follow_the_k_schedule(ddp_run):

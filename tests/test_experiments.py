@@ -1,4 +1,5 @@
-"""conf/experiment/: the official settings of each paper run, and TFD stage 2 loading stage 1's generator."""
+"""conf/experiment/: the official settings of each paper run, and TFD stage 2 loading stage 1's generator
+and resuming."""
 
 import pytest
 import pytorch_lightning as pl
@@ -77,3 +78,40 @@ def test_stage_2_without_checkpoint_says_what_to_pass(tmp_path):
     cfg = compose("experiment=tfd_stage2", SMALL_2)
     with pytest.raises(UserError, match="init_from must name a stage-1 checkpoint"):
         GAN(OmegaConf.to_container(cfg, resolve=True))
+
+
+def fit_epochs(cfg, root, epochs, ckpt_path=None):
+    """A fit of whole epochs from weights drawn after torch.manual_seed(0), checkpointed as train.py does."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    trainer = pl.Trainer(max_epochs=epochs, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                         accelerator="cpu", default_root_dir=root,
+                         callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)])
+    trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed), ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def test_tfd_stage_2_resumes_exactly_without_the_stage_1_file(tmp_path):
+    """A stage-2 run resumed from its epoch-1 checkpoint, after the stage-1 checkpoint it was started from is
+    deleted, ends with the weights, optimiser state and counters of an uninterrupted 2-epoch stage-2 run."""
+    write_tfd(tmp_path / "TFD" / "TFD_48x48.mat")
+    common = (f"paths.data_dir={tmp_path}", "logger=none", "dataset.batch_size=20",
+              "model.discriminator.layers=[{units:8,pieces:5,irange:0.005}]")
+    _, stage1 = fit_epochs(compose("experiment=tfd_stage1", SMALL_1, *common), tmp_path / "s1", 1)
+    stage1.save_checkpoint(tmp_path / "stage1.ckpt")
+    cfg = compose("experiment=tfd_stage2", SMALL_2, f"model.generator.init_from={tmp_path / 'stage1.ckpt'}", *common)
+    straight, _ = fit_epochs(cfg, tmp_path / "straight", 2)
+    fit_epochs(cfg, tmp_path / "first", 1)
+    (tmp_path / "stage1.ckpt").unlink()
+    resumed, _ = fit_epochs(cfg, tmp_path / "resumed", 2, ckpt_path=tmp_path / "first" / "checkpoints" / "last.ckpt")
+    assert (resumed.d_updates, resumed.g_updates) == (straight.d_updates, straight.g_updates) == (12, 12)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    a, b = (torch.load(p / "checkpoints" / "last.ckpt", weights_only=True) for p in (tmp_path / "straight",
+                                                                                      tmp_path / "resumed"))
+    for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
+        assert sa["param_groups"] == sb["param_groups"]
+        for i, state in sa["state"].items():
+            assert all(torch.equal(v, sb["state"][i][k]) for k, v in state.items())

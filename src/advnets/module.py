@@ -55,8 +55,8 @@ class GAN(pl.LightningModule):
         self.k = int(self.cfg.k)
         self.schedule = self.cfg.schedule
         self.generator = build_generator(self.cfg.model, self.shape)
-        # TFD stage 2: stage 1's generator layers, loaded when a fresh fit starts (setup), so that a
-        # stage-2 checkpoint loads and evaluates without the stage-1 file.
+        # TFD stage 2: stage 1's generator layers, loaded when a fresh fit starts (on_fit_start), so that a
+        # stage-2 checkpoint loads, evaluates and resumes without the stage-1 file.
         self.init_from = init_from(self.cfg.model.generator)
         self.discriminator = build_discriminator(self.cfg.model, self.shape)
         # Optional (None: off): the averaged G, sampled from beside G; R1 on real data; noise on D's inputs.
@@ -116,10 +116,15 @@ class GAN(pl.LightningModule):
         if stage == "fit" and dm is not None and self.d_updates == 0:
             # Checkpoint weights, if any, are loaded after this and overwrite it.
             self.generator.init_output_bias(dm.pixel_mean().to(self.generator.output_layer.bias.device))
-        if stage == "fit" and self.init_from and self.trainer.ckpt_path is None:
-            load_generator_tail(self.generator, self.init_from)
-        if stage == "fit" and self.generator_ema is not None:
-            self.generator_ema.reset(self.generator)  # a resume's checkpoint then overwrites it
+
+    def on_fit_start(self) -> None:
+        # Lightning sets trainer.ckpt_path when it restores a checkpoint, after `setup` and before this hook: only
+        # here can a fresh fit be told from a resume, whose restored weights and EMA must stay as they are.
+        if self.trainer.ckpt_path is None:
+            if self.init_from:  # TFD stage 2: stage 1's layers (a resume does not need the stage-1 file)
+                load_generator_tail(self.generator, self.init_from)
+            if self.generator_ema is not None:
+                self.generator_ema.reset(self.generator)
 
     def configure_optimizers(self):
         opt = self.cfg.optimizer
