@@ -70,7 +70,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:  # arrived during validation: Lightning stopped there, before our batch-end save
-            raise Preempted(signal.SIGTERM, last_good_checkpoint(trainer) or "(none yet)") from None
+            raise Preempted(signal.SIGTERM, last_good_checkpoint(trainer)) from None
         if cfg.test_after_fit:
             trainer.test(module, datamodule=datamodule)
     finally:

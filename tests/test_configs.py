@@ -122,7 +122,7 @@ def test_every_option_builds_and_takes_a_training_step(data_root, splits, tmp_pa
     """The module, data module, loggers (CSV, or none) and Trainer built from the composed config; one batch of
     real training: one D and one G update, each optimiser the configured one with its settings (lr0 of the
     pair's paper config, or Adam's 2e-4 and betas (0.5, 0.999)), both nets changed and finite."""
-    from advnets.run import build_loggers
+    from advnets.loggers import build_loggers
 
     cfg = compose(f"paths.data_dir={data_root}", f"model={model}", f"dataset={dataset}", f"optimizer={optimizer}",
                   f"loss={loss}", f"schedule={schedule}", f"logger={logger}", "trainer=cpu", *SMALL[model, dataset],
@@ -172,7 +172,7 @@ def test_every_option_builds_and_takes_a_training_step(data_root, splits, tmp_pa
 def test_loggers_build_from_every_option(tmp_path, logger):
     """build_loggers for every logger option (and the default, W&B and CSV): the loggers it names, writing into
     the run folder; W&B offline unless WANDB_MODE says otherwise, in project advnets."""
-    from advnets.run import build_loggers
+    from advnets.loggers import build_loggers
 
     loggers = build_loggers(compose(f"logger={logger}", output_dir=tmp_path))
     names = {"[wandb,csv]": ["WandbLogger", "CSVLogger"], "wandb": ["WandbLogger"], "csv": ["CSVLogger"], "none": []}
@@ -189,7 +189,7 @@ def test_trainer_builds_from_every_option(tmp_path, trainer_option):
     and devices its config names (GPU options only where there is a GPU)."""
     from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
-    from advnets.run import build_loggers
+    from advnets.loggers import build_loggers
 
     if OmegaConf.load(REPO / "conf" / "trainer" / f"{trainer_option}.yaml").get("accelerator") == "gpu" \
             and not torch.cuda.is_available():

@@ -178,4 +178,4 @@ def test_sigterm_during_validation_stops_with_the_last_epoch_checkpoint(data_dir
     assert f"ckpt_path={last}" in proc.stderr.splitlines()[-1]
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0 and ckpt["counters"] == {"d_updates": 5, "g_updates": 5}
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch=0-step=10.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch0000-step10.ckpt", "last.ckpt"]

@@ -330,7 +330,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, dat
     good = tmp_path / "good.ckpt"
     torch.save(ckpt, good)
     before = good.read_bytes()
-    proc = train(data_dir, tmp_path / "diverged", "trainer.max_epochs=2", f"ckpt_path={good}")
+    proc = train(data_dir, tmp_path / "diverged", *EXACT, "trainer.max_epochs=2", f"ckpt_path={good}")
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]

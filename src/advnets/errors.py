@@ -27,7 +27,7 @@ class Preempted(Exception):
     `reason`: the signal number (SIGTERM, SIGINT: exit 128 + signal), or a sentence (a time limit: exit 0).
     """
 
-    def __init__(self, reason: int | str, ckpt: str):
+    def __init__(self, reason: int | str, ckpt: str | None):
         import signal
 
         self.signum = reason if isinstance(reason, int) else None
@@ -86,5 +86,9 @@ def user_errors(run_folder: Path | None = None, log_dir: Path | None = None) -> 
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except Preempted as e:
-        print(f"{e}: checkpoint saved to {e.ckpt}; resume with:\n  {resume_command(e.ckpt)}", file=sys.stderr)
+        if e.ckpt is None:  # stopped before the first checkpoint: nothing to resume
+            print(f"{e} before the first checkpoint was saved: nothing to resume; run the command again",
+                  file=sys.stderr)
+        else:
+            print(f"{e}: checkpoint saved to {e.ckpt}; resume with:\n  {resume_command(e.ckpt)}", file=sys.stderr)
         sys.exit(e.exit_code)
