@@ -9,6 +9,8 @@ from conftest import run_script, wandb_summary
 
 TRAIN_KEYS = ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/d_updates",
               "train/g_updates", "train/lr", "train/momentum"]
+QUALITY_KEYS = [f"{stage}/{g}{name}" for stage in ("val", "test") for g in ("", "ema_")
+                for name in ("fid", "kid", "kid_std", "inception_score", "classes_covered", "class_kl")]
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +18,8 @@ def trained(data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
     proc = run_script("train.py", f"paths.data_dir={data_dir}", "trainer.max_epochs=1",
                       "trainer.limit_train_batches=30", "trainer.log_every_n_steps=10", "k=2",
-                      "parzen.val_samples=500", "parzen.test_samples=1000", f"hydra.run.dir={run_dir}")
+                      "parzen.val_samples=500", "parzen.test_samples=1000", "quality.val_samples=500",
+                      "quality.test_samples=1000", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -33,8 +36,11 @@ def test_wandb_offline_run_holds_the_keys(trained):
     summary = wandb_summary(trained)
     assert summary["state"] == "finished" and summary["exit_code"] == 0
     values = summary["summary"]
-    for key in TRAIN_KEYS + ["val/parzen_ll", "test/parzen_ll", "test/parzen_se", "test/parzen_sigma"]:
+    for key in TRAIN_KEYS + ["val/parzen_ll", "test/parzen_ll", "test/parzen_se", "test/parzen_sigma"] + QUALITY_KEYS:
         assert key in values, key
+    # Classifier-based sample quality of a barely trained G: far from the test images', few classes.
+    assert values["test/fid"] > 1 and values["test/ema_fid"] > 1 and 1 <= values["val/classes_covered"] <= 10
+    assert values["val/kid_std"] >= 0 and 1 <= values["test/inception_score"] <= 10 and values["test/class_kl"] >= 0
     assert values["train/d_updates"] == 30 and values["train/g_updates"] == 15
     assert 0 < values["train/d_real"] < 1 and 0 < values["train/d_fake"] < 1
     assert values["train/momentum"] == 0.5
@@ -78,6 +84,15 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
     assert min(abs(report["sigma"] - s) for s in torch.logspace(-1, 0, 10, dtype=torch.float64).tolist()) < 1e-9
     assert f"{report['ll']:.1f} ± {report['se']:.1f}" in proc.stdout
     assert (tmp_path / "eval" / "figures" / "figure_2.png").is_file()
+    # The sample-quality table: the real-data reference, then G and its EMA, labelled classifier-based.
+    assert "Sample quality on MNIST: 1000 images against the 10000 test images; MNIST classifier features " \
+           "(classifier-based; not comparable with Inception FIDs)." in proc.stdout
+    assert "| True data: 1000 training images (reference) |" in proc.stdout
+    quality = json.loads((tmp_path / "eval" / "quality.json").read_text())
+    assert quality["features"] == "mnist_classifier" and set(quality["rows"]) == {"raw", "ema", "true_data"}
+    rows = quality["rows"]
+    assert rows["true_data"]["fid"] < rows["raw"]["fid"] and rows["true_data"]["classes_covered"] == 10
+    assert f"| {rows['raw']['fid']:.3f} |" in proc.stdout and abs(sum(rows["ema"]["histogram"]) - 1) < 1e-9
     assert len(list((tmp_path / "eval" / "wandb").glob("offline-run-*"))) == 1
 
 
