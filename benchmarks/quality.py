@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     from advnets.metrics.mnist_classifier import load_mnist_classifier
     from advnets.metrics.quality import SampleQuality
 
-    cfg = OmegaConf.load(REPO / "conf" / "quality" / "default.yaml")
+    # The settings train.py gets on MNIST: conf/quality/default.yaml, its sample counts from conf/dataset/mnist.yaml.
+    cfg = OmegaConf.create({"dataset": OmegaConf.load(REPO / "conf" / "dataset" / "mnist.yaml"),
+                            "quality": OmegaConf.load(REPO / "conf" / "quality" / "default.yaml")}).quality
     n_full, n_val, subsets, val_subsets = 10000, int(cfg.val_samples), int(cfg.kid_subsets), int(cfg.val_kid_subsets)
     repeats = args.repeats
     if args.tiny:

@@ -85,9 +85,9 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
     assert f"{report['ll']:.1f} ± {report['se']:.1f}" in proc.stdout
     assert (tmp_path / "eval" / "figures" / "figure_2.png").is_file()
     # The sample-quality table: the real-data reference, then G and its EMA, labelled classifier-based.
-    assert "Sample quality on MNIST: 1000 images against the 10000 test images; MNIST classifier features " \
+    assert "Sample quality on MNIST: 1,000 images against the 10,000 test images; MNIST classifier features " \
            "(classifier-based; not comparable with Inception FIDs)." in proc.stdout
-    assert "| True data: 1000 training images (reference) |" in proc.stdout
+    assert "| True data: 1,000 training images (reference) |" in proc.stdout
     quality = json.loads((tmp_path / "eval" / "quality.json").read_text())
     assert quality["features"] == "mnist_classifier" and set(quality["rows"]) == {"raw", "ema", "true_data"}
     rows = quality["rows"]

@@ -88,7 +88,7 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     true_data = splits["train"][torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(seed))[:n]]
     if module is None:
         sets = {"true_data": ("True data (training images as centres)", true_data)} if cfg.reference == "true_data" else {
-            "kmeans": (f"k-means centroids of the training images (k = {n})",
+            "kmeans": (f"k-means centroids of the training images (k = {n:,})",
                        kmeans_centroids(splits["train"].to(device), n, int(cfg.kmeans_iterations), seed))}
     else:
         # Every generator the checkpoint holds, from the same noise.
@@ -109,7 +109,7 @@ def evaluate(cfg: DictConfig) -> Evaluation:
         for row in rows:
             row.quality = quality_of(quality, sets[row.key][1])
         if module is not None:
-            references.append(Row("true_data", f"True data: {len(true_data)} training images (reference)", None,
+            references.append(Row("true_data", f"True data: {len(true_data):,} training images (reference)", None,
                                   quality_of(quality, true_data)))
     return Evaluation(name, cfg.reference, None if module is None else str(cfg.ckpt_path), rows, references, features,
                       module, splits["train"],
@@ -223,7 +223,7 @@ def quality_table(ev: Evaluation) -> str:
     head = f"| Set | FID | KID (mean ± std over subsets) | {score} |"
     head += " classes covered | KL(classes ‖ uniform) |" if classifier else ""
     head += " Parzen (nats) |"
-    lines = [f"Sample quality on {ev.dataset.upper()}: {first.n_samples} images against the {first.n_real} test "
+    lines = [f"Sample quality on {ev.dataset.upper()}: {first.n_samples:,} images against the {first.n_real:,} test "
              f"images; {LABELS[ev.features]}.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         q = row.quality
