@@ -60,12 +60,12 @@ class Evaluation:
 
 
 def evaluate(cfg: DictConfig) -> Evaluation:
-    from advnets.module import GAN
-
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     module = path = None
     if cfg.reference is None:
+        from advnets.module import GAN  # Lightning: only for a checkpoint
+
         path = check_ckpt_path(cfg.ckpt_path)
         module = GAN.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
         run_cfg = module.hparams["config"]
