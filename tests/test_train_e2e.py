@@ -19,7 +19,7 @@ def trained(data_dir, tmp_path_factory):
     proc = run_script("train.py", f"paths.data_dir={data_dir}", "trainer.max_epochs=1",
                       "trainer.limit_train_batches=30", "trainer.log_every_n_steps=10", "k=2",
                       "parzen.val_samples=500", "parzen.test_samples=1000", "quality.val_samples=500",
-                      "quality.test_samples=1000", f"hydra.run.dir={run_dir}")
+                      "quality.test_samples=1000", "quality.kid_subsets=10", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -73,7 +73,7 @@ def test_training_end_writes_the_paper_figures(trained):
 
 def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path):
     proc = run_script("eval.py", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", f"paths.data_dir={data_dir}",
-                      "n_samples=1000", f"hydra.run.dir={tmp_path / 'eval'}")
+                      "n_samples=1000", "quality.kid_subsets=10", f"hydra.run.dir={tmp_path / 'eval'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("| DBN (paper) | 138 ± 2 |", "| Stacked CAE (paper) | 121 ± 1.6 |", "| Deep GSN (paper) | 214 ± 1.1 |",
                 "| Adversarial nets (paper) | 225 ± 2 |", "| Adversarial nets (ours"):
@@ -99,12 +99,16 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
 def test_eval_true_data_reference(data_dir, tmp_path):
     """10,000 random training images as centres: published work puts this at 243 nats."""
     proc = run_script("eval.py", "reference=true_data", f"paths.data_dir={data_dir}", "logger=none",
-                      f"hydra.run.dir={tmp_path / 'ref'}")
+                      "quality.kid_subsets=10", f"hydra.run.dir={tmp_path / 'ref'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "ref" / "parzen.json").read_text())
     assert 240 <= report["ll"] <= 244 and report["n_samples"] == 10000
     assert report["sigma"] == pytest.approx(0.16681, abs=1e-4)
     assert "| True data" in proc.stdout
+    # The README's reference row for the classifier-based metrics: FID 1.05, every digit covered.
+    quality = json.loads((tmp_path / "ref" / "quality.json").read_text())["rows"]["true_data"]
+    assert quality["fid"] == pytest.approx(1.054, abs=0.01) and quality["classes_covered"] == 10
+    assert quality["n_samples"] == quality["n_real"] == 10000
 
 
 def test_eval_without_checkpoint_says_what_to_pass(tmp_path):
