@@ -8,11 +8,13 @@ markdown tables and writes them to FOLDER/report.md, with FOLDER/report.png:
 - over seeds: runs whose overrides differ only in `seed` are one setting; per setting, the number of
   seeds, how many collapsed (train/collapsed, see CollapseMonitor), and mean +- s.e. over seeds (ddof 1)
   of the per-epoch estimate val/parzen_ll (and val/ema_parzen_ll) at the last epoch every seed reached,
-  at `--epoch N`, and of the full protocol test/parzen_ll where every seed has it;
-- per run: each run's final metrics.
+  at `--epoch N`, and of the full protocol test/parzen_ll where every seed has it; beside them the same
+  for the sample-quality FID (val/fid, val/ema_fid, test/fid, test/ema_fid; on MNIST classifier-based);
+- per run: each run's final metrics, with test/fid, test/kid and test/classes_covered.
 
-The plot draws, per setting, the mean val/parzen_ll over seeds against epochs with a band of +- one
-s.e. (dashed: the EMA G). FOLDER defaults to DIR when one DIR is given, else the current folder.
+The plot draws, per setting, the mean val/parzen_ll (left) and val/fid (right) over seeds against
+epochs with a band of +- one s.e. (dashed: the EMA G). FOLDER defaults to DIR when one DIR is given,
+else the current folder.
 """
 
 from __future__ import annotations
@@ -118,15 +120,17 @@ def table(runs: list[Run]) -> str:
 
     lines = [f"Overrides of every run: `{','.join(common)}`\n" if common else "",
              "| run | overrides | test/parzen_ll +- se | train/d_real | train/d_fake | D updates | G updates "
-             "| train time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| train time (s) | test/fid | test/kid +- std | test/classes_covered |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, label in zip(runs, labels):
         ll = (f"{r.final['test/parzen_ll']:.1f} +- {r.final['test/parzen_se']:.1f}"
               if "test/parzen_ll" in r.final else "-")
         name = str(job_number(r.folder)) if job_number(r.folder) >= 0 else r.folder.name
+        kid = f"{r.final['test/kid']:.5f} +- {r.final['test/kid_std']:.5f}" if "test/kid" in r.final else "-"
         lines.append(f"| {name} | `{label}` | {ll} | {num(r, 'train/d_real', '.3f')} | "
                      f"{num(r, 'train/d_fake', '.3f')} | {num(r, 'train/d_updates', '.0f')} | "
-                     f"{num(r, 'train/g_updates', '.0f')} | {num(r, 'train/elapsed_s', '.1f')} |")
+                     f"{num(r, 'train/g_updates', '.0f')} | {num(r, 'train/elapsed_s', '.1f')} | "
+                     f"{num(r, 'test/fid', '.3f')} | {kid} | {num(r, 'test/classes_covered', '.0f')} |")
     return "\n".join(line for line in lines if line) + "\n"
 
 
@@ -154,19 +158,20 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
-def fmt(values: list[float]) -> str:
+def fmt(values: list[float], digits: int = 1) -> str:
     if not values:
         return "-"
     mean, se = mean_se(values)
-    return f"{mean:.1f}" if math.isnan(se) else f"{mean:.1f} +- {se:.1f}"
+    return f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} +- {se:.{digits}f}"
 
 
 def seeds_table(runs: list[Run], epoch: int | None = None) -> str:
-    """Per setting: seeds, collapsed, val/parzen_ll (raw, EMA) at the last common epoch and at `epoch`, test/."""
+    """Per setting: seeds, collapsed, val/parzen_ll (raw, EMA) at the last common epoch and at `epoch`, test/;
+    then val/fid (raw, EMA) at the last common epoch and test/fid."""
     head = "| setting | seeds | collapsed | last epoch | val/parzen_ll | val/ema_parzen_ll |"
     if epoch is not None:
         head += f" val/parzen_ll @{epoch} | val/ema_parzen_ll @{epoch} |"
-    head += " test/parzen_ll | test/ema_parzen_ll |"
+    head += " test/parzen_ll | test/ema_parzen_ll | val/fid | val/ema_fid | test/fid | test/ema_fid |"
     lines = ["Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)) of each setting's runs.\n", head,
              "|" + "---|" * (head.count("|") - 1)]
     for label, group in settings(runs).items():
@@ -185,6 +190,8 @@ def seeds_table(runs: list[Run], epoch: int | None = None) -> str:
         if epoch is not None:
             row += f" {fmt(at(epoch, 'val/parzen_ll'))} | {fmt(at(epoch, 'val/ema_parzen_ll'))} |"
         row += f" {fmt(final('test/parzen_ll'))} | {fmt(final('test/ema_parzen_ll'))} |"
+        row += (f" {fmt(at(last, 'val/fid'), 2)} | {fmt(at(last, 'val/ema_fid'), 2)} | {fmt(final('test/fid'), 2)} |"
+                f" {fmt(final('test/ema_fid'), 2)} |")
         lines.append(row)
     return "\n".join(lines) + "\n"
 
@@ -195,24 +202,30 @@ def plot(runs: list[Run], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (label, group) in enumerate(settings(runs).items()):
-        for key, style in (("val/parzen_ll", "-"), ("val/ema_parzen_ll", "--")):
-            epochs = sorted({e for r in group for e in r.val if key in r.val[e]})
-            if not epochs:
-                continue
-            stats = [mean_se([r.val[e][key] for r in group if e in r.val and key in r.val[e]]) for e in epochs]
-            mean = [m for m, _ in stats]
-            se = [0.0 if math.isnan(s) else s for _, s in stats]
-            name = f"{label} ({len(group)} seed{'s' if len(group) > 1 else ''})" + (" EMA" if "ema" in key else "")
-            ax.plot(epochs, mean, style, color=f"C{i % 10}", marker="o", markersize=3, label=name)
-            ax.fill_between(epochs, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
-                            color=f"C{i % 10}", alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val/parzen_ll (nats), mean +- s.e. over seeds")
-    ax.grid(alpha=0.3)
-    if any(r.val for r in runs):
-        ax.legend(fontsize=7)
+    panels = [("parzen_ll", "val/parzen_ll (nats)")]
+    if any("val/fid" in v for r in runs for v in r.val.values()):
+        panels.append(("fid", "val/fid (lower is better)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (metric, ylabel) in zip(axes[0], panels):
+        for i, (label, group) in enumerate(settings(runs).items()):
+            for key, style in ((f"val/{metric}", "-"), (f"val/ema_{metric}", "--")):
+                epochs = sorted({e for r in group for e in r.val if key in r.val[e]})
+                if not epochs:
+                    continue
+                stats = [mean_se([r.val[e][key] for r in group if e in r.val and key in r.val[e]]) for e in epochs]
+                mean = [m for m, _ in stats]
+                se = [0.0 if math.isnan(s) else s for _, s in stats]
+                name = f"{label} ({len(group)} seed{'s' if len(group) > 1 else ''})" + (" EMA" if "ema" in key else "")
+                ax.plot(epochs, mean, style, color=f"C{i % 10}", marker="o", markersize=3, label=name)
+                ax.fill_between(epochs, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
+                                color=f"C{i % 10}", alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{ylabel}, mean +- s.e. over seeds")
+        if metric == "fid":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if any(r.val for r in runs):
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -60,9 +60,10 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
 
 
 def tiny_run(data_dir: Path, batches: int) -> list[str]:
-    """Overrides for a run of one short epoch with cheap Parzen estimates."""
+    """Overrides for a run of one short epoch with cheap Parzen estimates and sample-quality metrics."""
     return [f"paths.data_dir={data_dir}", "trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
-            "parzen.val_samples=200", "parzen.test_samples=200", "trainer.enable_progress_bar=false"]
+            "parzen.val_samples=200", "parzen.test_samples=200", "quality.val_samples=200",
+            "quality.test_samples=200", "trainer.enable_progress_bar=false"]
 
 
 def wandb_inspect(run_dir: Path, *flags: str) -> str:

@@ -73,6 +73,7 @@ class RankProbe(pl.Callback):
 
     def on_test_end(self, trainer, module) -> None:
         self.record["parzen"] = (module.last_parzen["raw"].n_samples, module.last_parzen["raw"].n_points)
+        self.record["quality"] = (module.last_quality["raw"].n_samples, module.last_quality["raw"].n_real)
         torch.save(self.record, self.folder / f"rank{trainer.global_rank}.pt")
 
 
@@ -206,6 +207,8 @@ def test_parzen_gathers_every_ranks_share(ddp_run):
     _, ranks = ddp_run
     # parzen.test_samples=200 centres, 100 drawn on each rank; the 10,000 MNIST test images, 5,000 on each.
     assert [rank["parzen"] for rank in ranks] == [(200, 10000), (200, 10000)]
+    # The sample-quality metrics gather every rank's samples and test images the same way.
+    assert [rank["quality"] for rank in ranks] == [(200, 10000), (200, 10000)]
 
 
 def test_gpu_ddp_config_composes():

@@ -175,7 +175,8 @@ def test_ckpt_last_finds_newest_of_same_experiment(tmp_path):
 
 # --- training faults: short epochs on real MNIST ------------------------------------------------------
 QUICK = ["logger=none", "test_after_fit=false", "trainer.enable_progress_bar=false",
-         "parzen.val_samples=100", "dataset.parzen_val_select=100", "dataset.parzen_val_points=100"]
+         "parzen.val_samples=100", "dataset.parzen_val_select=100", "dataset.parzen_val_points=100",
+         "quality.val_samples=100"]
 # Runs compared for bitwise equality draw from every source of randomness and carry every state a resume must
 # restore: dropout, G's noise, instance noise (drawn from the same generator), R1 and G's EMA (both on by
 # default); every step is logged.

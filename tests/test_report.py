@@ -58,3 +58,26 @@ def test_report_groups_seeds_with_mean_se_and_collapse_count(tmp_path):
     assert k2[1:6] == ["1", "0", "2", "50.0", "60.0"]  # one seed: no s.e.
     assert k2[8] == "-"  # no full-protocol row
     assert (sweep / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_shows_the_fid_beside_parzen(tmp_path):
+    """The sample-quality columns: val/fid (G, EMA) at the last epoch and test/fid over seeds; per run FID, KID, coverage."""
+    import report
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"override_dirname": "k=2"}}}))
+    (run / "csv" / "version_0").mkdir(parents=True)
+    rows = [{"epoch": 0, "val/parzen_ll": 10, "val/ema_parzen_ll": 20, "val/fid": 80.5, "val/ema_fid": 90.25},
+            {"epoch": 1, "val/parzen_ll": 30, "val/ema_parzen_ll": 40, "val/fid": 40.1, "val/ema_fid": 45.5},
+            {"epoch": 1, "test/parzen_ll": 35, "test/parzen_se": 2, "test/fid": 38.0, "test/ema_fid": 44.0,
+             "test/kid": 7.5, "test/kid_std": 1.25, "test/classes_covered": 9}]
+    with open(run / "csv" / "version_0" / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, sorted({k for r in rows for k in r}))
+        w.writeheader()
+        w.writerows(rows)
+    report.main([str(run)])
+    text = (run / "report.md").read_text()
+    assert "| val/fid | val/ema_fid | test/fid | test/ema_fid |" in text
+    assert "| 40.10 | 45.50 | 38.00 | 44.00 |" in text  # last epoch's val/fid, then test/fid (one seed: no s.e.)
+    assert "| 38.000 | 7.50000 +- 1.25000 | 9 |" in text

@@ -9,6 +9,8 @@ from conftest import run_script, wandb_summary
 
 TRAIN_KEYS = ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/d_updates",
               "train/g_updates", "train/lr", "train/momentum"]
+QUALITY_KEYS = [f"{stage}/{g}{name}" for stage in ("val", "test") for g in ("", "ema_")
+                for name in ("fid", "kid", "kid_std", "inception_score", "classes_covered", "class_kl")]
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +18,8 @@ def trained(data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
     proc = run_script("train.py", f"paths.data_dir={data_dir}", "trainer.max_epochs=1",
                       "trainer.limit_train_batches=30", "trainer.log_every_n_steps=10", "k=2",
-                      "parzen.val_samples=500", "parzen.test_samples=1000", f"hydra.run.dir={run_dir}")
+                      "parzen.val_samples=500", "parzen.test_samples=1000", "quality.val_samples=500",
+                      "quality.test_samples=1000", "quality.kid_subsets=10", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -43,10 +46,13 @@ def test_wandb_offline_run_holds_the_keys(trained):
     values = summary["summary"]
     for key in TRAIN_KEYS + ["val/parzen_ll", "test/parzen_ll", "test/parzen_se", "test/parzen_sigma",
                              "val/ema_parzen_ll", "test/ema_parzen_ll", "test/ema_parzen_se", "test/ema_parzen_sigma",
-                             "train/r1_penalty", "train/epoch_d_real", "train/epoch_d_fake"]:
+                             "train/r1_penalty", "train/epoch_d_real", "train/epoch_d_fake"] + QUALITY_KEYS:
         assert key in values, key
     assert values["train/collapsed"] == 0 and values["train/r1_penalty"] >= 0
     assert values["ema_samples"]["_type"].startswith("images")
+    # Classifier-based sample quality of a barely trained G: far from the test images', few classes.
+    assert values["test/fid"] > 1 and values["test/ema_fid"] > 1 and 1 <= values["val/classes_covered"] <= 10
+    assert values["val/kid_std"] >= 0 and 1 <= values["test/inception_score"] <= 10 and values["test/class_kl"] >= 0
     assert values["train/d_updates"] == 30 and values["train/g_updates"] == 15
     assert 0 < values["train/d_real"] < 1 and 0 < values["train/d_fake"] < 1
     assert values["train/momentum"] == 0.5
@@ -81,7 +87,7 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
     # The epoch's checkpoint under its own name, pasted into ckpt_path= as it is (no `=` for Hydra to choke on).
     ckpt = trained / "checkpoints" / "epoch0000-step45.ckpt"
     proc = run_script("eval.py", f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}",
-                      "n_samples=1000", f"hydra.run.dir={tmp_path / 'eval'}")
+                      "n_samples=1000", "quality.kid_subsets=10", f"hydra.run.dir={tmp_path / 'eval'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in ("| DBN (paper) | 138 ± 2 |", "| Stacked CAE (paper) | 121 ± 1.6 |", "| Deep GSN (paper) | 214 ± 1.1 |",
                 "| Adversarial nets (paper) | 225 ± 2 |", "| Adversarial nets (ours"):
@@ -97,18 +103,31 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
     assert f"| Adversarial nets (ours, EMA of G, decay 0.9999: " in proc.stdout
     assert f"{ema['ll']:.1f} ± {ema['se']:.1f}" in proc.stdout and ema["ll"] != report["ll"]
     assert (tmp_path / "eval" / "figures" / "figure_2.png").is_file()
+    # The sample-quality table: the real-data reference, then G and its EMA, labelled classifier-based.
+    assert "Sample quality on MNIST: 1,000 images against the 10,000 test images; MNIST classifier features " \
+           "(classifier-based; not comparable with Inception FIDs)." in proc.stdout
+    assert "| True data: 1,000 training images (reference) |" in proc.stdout
+    quality = json.loads((tmp_path / "eval" / "quality.json").read_text())
+    assert quality["features"] == "mnist_classifier" and set(quality["rows"]) == {"raw", "ema", "true_data"}
+    rows = quality["rows"]
+    assert rows["true_data"]["fid"] < rows["raw"]["fid"] and rows["true_data"]["classes_covered"] == 10
+    assert f"| {rows['raw']['fid']:.3f} |" in proc.stdout and abs(sum(rows["ema"]["histogram"]) - 1) < 1e-9
     assert len(list((tmp_path / "eval" / "wandb").glob("offline-run-*"))) == 1
 
 
 def test_eval_true_data_reference(data_dir, tmp_path):
     """10,000 random training images as centres: published work puts this at 243 nats."""
     proc = run_script("eval.py", "reference=true_data", f"paths.data_dir={data_dir}", "logger=none",
-                      f"hydra.run.dir={tmp_path / 'ref'}")
+                      "quality.kid_subsets=10", f"hydra.run.dir={tmp_path / 'ref'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "ref" / "parzen.json").read_text())
     assert 240 <= report["ll"] <= 244 and report["n_samples"] == 10000
     assert report["sigma"] == pytest.approx(0.16681, abs=1e-4)
     assert "| True data" in proc.stdout
+    # The README's reference row for the classifier-based metrics: FID 1.05, every digit covered.
+    quality = json.loads((tmp_path / "ref" / "quality.json").read_text())["rows"]["true_data"]
+    assert quality["fid"] == pytest.approx(1.054, abs=0.01) and quality["classes_covered"] == 10
+    assert quality["n_samples"] == quality["n_real"] == 10000
 
 
 def test_eval_without_checkpoint_says_what_to_pass(tmp_path):

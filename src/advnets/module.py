@@ -18,6 +18,7 @@ from advnets.ema import GeneratorEMA
 from advnets.figures import display, save_figures
 from advnets.losses import discriminator_loss, generator_loss
 from advnets.metrics import ParzenLogLikelihood
+from advnets.metrics.quality import SampleQuality, build_extractor, features_for
 from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
 from advnets.nets.stages import init_from, load_generator_tail
 from advnets.optim import build_optimizer, start_epoch
@@ -75,9 +76,24 @@ class GAN(pl.LightningModule):
         self._last: dict[str, Tensor] = {}  # the latest losses and D outputs, for logging
         self.parzen = ParzenLogLikelihood()
         self.parzen_ema = ParzenLogLikelihood() if self.generator_ema is not None else None
+        self.quality = self._build_quality(self.cfg.get("quality"))
         self._noise_gen: torch.Generator | None = None
         self._fit_start = time.monotonic()
         self._seconds_before = 0.0  # training_seconds() of the checkpoint resumed from
+
+    def _build_quality(self, quality) -> dict[str, SampleQuality]:
+        """FID, KID, IS and coverage per stage ("val", "test") whose sample count is set (quality.*_samples).
+
+        A plain dict, not a child module: the feature network's weights are no part of a GAN checkpoint.
+        """
+        features = features_for(quality.get("features", "auto"), self.cfg.dataset.name) if quality else None
+        stages = {"val": quality.get("val_samples"), "test": quality.get("test_samples")} if features else {}
+        if not any(stages.values()):
+            return {}
+        extractor = build_extractor(features, quality.get("inception_weights"))
+        subsets = {"val": quality.val_kid_subsets, "test": quality.kid_subsets}
+        return {stage: SampleQuality(extractor, int(subsets[stage]), int(quality.kid_subset_size),
+                                     seed=int(self.cfg.seed)) for stage, n in stages.items() if n}
 
     # --- noise ---------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
@@ -286,9 +302,11 @@ class GAN(pl.LightningModule):
                     metric.reset()
             return
         self._log_parzen("val", int(self.cfg.parzen.val_samples))
+        self._log_quality("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_parzen("test", int(self.cfg.parzen.test_samples))
+        self._log_quality("test")
 
     def _log_parzen(self, prefix: str, n_samples: int) -> None:
         # Each rank draws its share of the centres from its own noise; the metric gathers them.
@@ -306,6 +324,30 @@ class GAN(pl.LightningModule):
             logged.update({f"{name}_ll": result.ll, f"{name}_se": result.se, f"{name}_sigma": result.sigma})
             self.last_parzen[which] = result
         # Every rank computed the same result from the gathered states: the mean over ranks is that result.
+        self.log_dict(logged, sync_dist=True)
+
+    def _log_quality(self, prefix: str) -> None:
+        """{prefix}/fid, kid, kid_std, inception_score, classes_covered, class_kl; {prefix}/ema_* for the EMA G.
+
+        Against the validation images (val) or the test images (test), embedded once per process; each
+        rank embeds its share of them and draws its share of the samples, the metrics gather both. The
+        samples come from the Parzen centres' noise: the first quality.*_samples of those centres.
+        """
+        quality = self.quality.get(prefix)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if quality is None or datamodule is None:
+            return
+        quality.to(self.device)
+        rank, world = self.global_rank, self.trainer.world_size
+        if not quality.has_real:
+            quality.update_real(datamodule.splits["valid" if prefix == "val" else "test"][rank::world])
+        share = -(-int(self.cfg.quality[f"{prefix}_samples"]) // world)
+        logged, self.last_quality = {}, {}
+        for which in self.generators:
+            quality.update_fake(self.sample(share, self._seeded_generator(-2), which=which))
+            self.last_quality[which] = result = quality.compute()
+            quality.reset()
+            logged.update(result.logged(f"{prefix}/" if which == "raw" else f"{prefix}/ema_"))
         self.log_dict(logged, sync_dist=True)
 
     # --- images --------------------------------------------------------------------------------

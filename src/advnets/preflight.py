@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("dataset", "model", "loss", "optimizer", "trainer", "logger", "callbacks", "parzen", "paths")
+GROUPS = ("dataset", "model", "loss", "optimizer", "trainer", "logger", "callbacks", "parzen", "quality", "paths")
 DEFAULTS = {"dataset": "mnist", "model": "maxout"}
 
 

@@ -12,6 +12,7 @@ from advnets.data.batches import DataError, TensorDataModule
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+N_TRAIN = 50000
 
 
 class MNISTDataModule(TensorDataModule):
@@ -43,9 +44,20 @@ class MNISTDataModule(TensorDataModule):
                             f"originals again") from None
 
     def load_splits(self) -> dict[str, Tensor]:
+        train, test = self._read("data")
+        return split(train.unsqueeze(1).float().div_(255), test.unsqueeze(1).float().div_(255))
+
+    def load_labels(self) -> dict[str, Tensor]:
+        """The digit of every row of each split (the classifier of advnets/metrics/mnist_classifier.py)."""
+        return split(*self._read("targets"))
+
+    def _read(self, field: str) -> tuple[Tensor, Tensor]:
         from torchvision.datasets import MNIST
 
         self.prepare_data()
-        train = MNIST(self.cfg["root"], train=True).data.unsqueeze(1).float().div_(255)
-        test = MNIST(self.cfg["root"], train=False).data.unsqueeze(1).float().div_(255)
-        return {"train": train[:50000].contiguous(), "valid": train[50000:].contiguous(), "test": test}
+        return tuple(getattr(MNIST(self.cfg["root"], train=train), field) for train in (True, False))
+
+
+def split(train: Tensor, test: Tensor) -> dict[str, Tensor]:
+    """The paper's splits: training rows 0..49,999, validation 50,000..59,999, the official test set."""
+    return {"train": train[:N_TRAIN].contiguous(), "valid": train[N_TRAIN:].contiguous(), "test": test}
