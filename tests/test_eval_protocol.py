@@ -28,7 +28,7 @@ N_SAMPLES = 200
 
 
 def evaluate(*overrides: str, output_dir):
-    """src/eval.py's evaluate() on conf/eval.yaml composed with `overrides`, as its main() runs it: (parzen.json,
+    """src/eval.py's run() on conf/eval.yaml composed with `overrides`, as its main() runs it: (parzen.json,
     the (centres, select, test) of every protocol call it made)."""
     import advnets.metrics
 
@@ -57,7 +57,7 @@ def evaluate(*overrides: str, output_dir):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(advnets.metrics, "parzen_protocol", spy)
-        script.evaluate(cfg)
+        script.run(cfg)
     return json.loads((output_dir / "parzen.json").read_text()), calls
 
 
