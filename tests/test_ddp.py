@@ -172,9 +172,10 @@ def test_each_step_is_the_mean_of_the_ranks_gradients(ddp_run):
 
 def test_ranks_draw_different_parzen_centres(ddp_run):
     """For the final estimate each rank draws its own share (100 of parzen.test_samples = 200) of centres, for
-    G and for its EMA, from its own noise: the shares differ."""
+    G and for its EMA, from its own noise: the shares differ. (The Parzen estimate draws first; the sample-quality
+    metrics then draw their own 100 each, G's and the EMA's.)"""
     _, (rank0, rank1) = ddp_run
-    assert [w for w, _ in rank0["centres"]] == [w for w, _ in rank1["centres"]] == ["raw", "ema"]
+    assert [w for w, _ in rank0["centres"]] == [w for w, _ in rank1["centres"]] == ["raw", "ema", "raw", "ema"]
     for (_, a), (_, b) in zip(rank0["centres"], rank1["centres"]):
         assert a.shape == b.shape == (100, 1, 28, 28)
         assert torch.cdist(a.flatten(1), b.flatten(1)).min() > 0
