@@ -12,8 +12,14 @@ markdown tables and writes them to FOLDER/report.md, with FOLDER/report.png:
   for the sample-quality FID (val/fid, val/ema_fid, test/fid, test/ema_fid; on MNIST classifier-based);
 - per run: each run's final metrics, with test/fid, test/kid and test/classes_covered.
 
+`--g-updates N` and `--seconds T` add val/parzen_ll at equal G updates and at equal training time (each
+run's last validation within the budget): the comparison a k sweep needs. 1-D runs (experiment=figure1,
+which log val/jsd) get the theory table instead: per setting, E|D - D*| over training, the final JSD,
+and the G updates and seconds to reach JSD < `--jsd-below` (docs/theory.md).
+
 The plot draws, per setting, the mean val/parzen_ll (left) and val/fid (right) over seeds against
-epochs with a band of +- one s.e. (dashed: the EMA G). FOLDER defaults to DIR when one DIR is given,
+epochs with a band of +- one s.e. (dashed: the EMA G); for 1-D runs, the JSD, E|D - D*|, G's gradient
+norm and D(G(z)) against G updates. FOLDER defaults to DIR when one DIR is given,
 else the current folder.
 """
 
@@ -36,7 +42,8 @@ class Run:
     folder: Path
     overrides: list[str]
     final: dict[str, float]  # the last value of every logged metric
-    val: dict[int, dict[str, float]]  # 1-based epoch -> that validation's val/* values
+    val: dict[int, dict[str, float]]  # 1-based epoch with a validation -> every value logged by that epoch's end
+    steps: list[dict[str, float]]  # the rows logged during training (on_step), in order
 
 
 def metrics_files(folder: Path) -> list[Path]:
@@ -74,12 +81,16 @@ def overrides(folder: Path) -> list[str]:
 
 def read_run(folder: Path) -> Run:
     final: dict[str, float] = {}
-    val: dict[int, dict[str, float]] = {}
+    epochs: dict[int, dict[str, float]] = {}
+    steps = []
     for values in read_metrics(folder):
         final.update(values)
-        if "val/parzen_ll" in values and "epoch" in values:
-            val[int(values["epoch"]) + 1] = {k: v for k, v in values.items() if k.startswith("val/")}
-    return Run(folder, overrides(folder), final, val)
+        if "train/g_grad_norm" in values:
+            steps.append(values)
+        if "epoch" in values:  # the epoch's rows merged: its validation, and train/* as they were at its end
+            epochs.setdefault(int(values["epoch"]) + 1, {}).update(values)
+    val = {e: v for e, v in epochs.items() if any(k.startswith("val/") for k in v)}
+    return Run(folder, overrides(folder), final, val, steps)
 
 
 def job_number(folder: Path) -> int:
@@ -165,12 +176,27 @@ def fmt(values: list[float], digits: int = 1) -> str:
     return f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} +- {se:.{digits}f}"
 
 
-def seeds_table(runs: list[Run], epoch: int | None = None) -> str:
+def within(run: Run, budget_key: str, budget: float | None) -> int | None:
+    """The last validated epoch by whose end `budget_key` (val/g_updates, train/elapsed_s) was <= budget."""
+    if budget is None:
+        return None
+    fits = [e for e, v in run.val.items() if v.get(budget_key, math.inf) <= budget]
+    return max(fits) if fits else None
+
+
+def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None = None,
+                seconds: float | None = None) -> str:
     """Per setting: seeds, collapsed, val/parzen_ll (raw, EMA) at the last common epoch and at `epoch`, test/;
-    then val/fid (raw, EMA) at the last common epoch and test/fid."""
+    then val/fid (raw, EMA) at the last common epoch and test/fid. With `g_updates` or `seconds`: also
+    val/parzen_ll at equal G updates or equal training time (each run's last validation within the budget)."""
     head = "| setting | seeds | collapsed | last epoch | val/parzen_ll | val/ema_parzen_ll |"
     if epoch is not None:
         head += f" val/parzen_ll @{epoch} | val/ema_parzen_ll @{epoch} |"
+    budgets = [(key, b, name) for key, b, name in (("val/g_updates", g_updates, f"@{g_updates} G updates"),
+                                                   ("train/elapsed_s", seconds, f"@{seconds:g} s" if seconds else ""))
+               if b is not None]
+    for _, _, name in budgets:
+        head += f" val/parzen_ll {name} | val/ema_parzen_ll {name} |"
     head += " test/parzen_ll | test/ema_parzen_ll | val/fid | val/ema_fid | test/fid | test/ema_fid |"
     lines = ["Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)) of each setting's runs.\n", head,
              "|" + "---|" * (head.count("|") - 1)]
@@ -189,6 +215,11 @@ def seeds_table(runs: list[Run], epoch: int | None = None) -> str:
                f"{fmt(at(last, 'val/ema_parzen_ll'))} |")
         if epoch is not None:
             row += f" {fmt(at(epoch, 'val/parzen_ll'))} | {fmt(at(epoch, 'val/ema_parzen_ll'))} |"
+        for budget_key, budget, _ in budgets:
+            for key in ("val/parzen_ll", "val/ema_parzen_ll"):
+                picked = [(r, within(r, budget_key, budget)) for r in group]
+                values = [r.val[e][key] for r, e in picked if e is not None and key in r.val[e]]
+                row += f" {fmt(values) if len(values) == len(group) else '-'} |"
         row += f" {fmt(final('test/parzen_ll'))} | {fmt(final('test/ema_parzen_ll'))} |"
         row += (f" {fmt(at(last, 'val/fid'), 2)} | {fmt(at(last, 'val/ema_fid'), 2)} | {fmt(final('test/fid'), 2)} |"
                 f" {fmt(final('test/ema_fid'), 2)} |")
@@ -196,35 +227,86 @@ def seeds_table(runs: list[Run], epoch: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[Run], path: Path) -> None:
+def theory_table(runs: list[Run], jsd_below: float) -> str:
+    """1-D runs (experiment=figure1): per setting over seeds, how far D stayed from D* and how fast p_g met p_data.
+
+    E|D - D*|: each run's mean of val/d_distance over its validations; final JSD: test/jsd (the end-of-fit
+    estimate from more samples); reached: the seeds whose val/jsd fell below `jsd_below` at some validation,
+    and for those, the G updates and training seconds (train/elapsed_s) by the end of that epoch.
+    """
+    head = (f"| setting | seeds | E\\|D - D*\\| over training | final JSD | reached JSD < {jsd_below:g} "
+            f"| G updates to reach | seconds to reach |")
+    lines = ["Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)); 'to reach' over the seeds that reached.\n",
+             head, "|" + "---|" * (head.count("|") - 1)]
+    for label, group in settings(runs).items():
+        distance = [sum(v["val/d_distance"] for v in r.val.values() if "val/d_distance" in v)
+                    / max(1, sum("val/d_distance" in v for v in r.val.values())) for r in group if r.val]
+        final = [r.final["test/jsd"] for r in group if "test/jsd" in r.final]
+        reached = []
+        for r in group:
+            below = [e for e in sorted(r.val) if r.val[e].get("val/jsd", math.inf) < jsd_below]
+            if below:
+                reached.append(r.val[below[0]])
+        lines.append(f"| `{label}` | {len(group)} | {fmt(distance, 4)} | {fmt(final, 4)} | {len(reached)}/{len(group)} "
+                     f"| {fmt([v['val/g_updates'] for v in reached if 'val/g_updates' in v], 0)} "
+                     f"| {fmt([v['train/elapsed_s'] for v in reached if 'train/elapsed_s' in v], 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def is_theory(runs: list[Run]) -> bool:
+    return any("val/jsd" in v for r in runs for v in r.val.values())
+
+
+def _curve(ax, points: list[dict[float, float]], color: str, style: str, label: str) -> None:
+    """The mean over runs (seeds) of y at each x, with a band of +- one s.e."""
+    xs = sorted({x for p in points for x in p})
+    if not xs:
+        return
+    stats = [mean_se([p[x] for p in points if x in p]) for x in xs]
+    mean, se = [m for m, _ in stats], [0.0 if math.isnan(s) else s for _, s in stats]
+    ax.plot(xs, mean, style, color=color, marker="o" if len(xs) < 100 else None, markersize=3, label=label)
+    ax.fill_between(xs, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)], color=color, alpha=0.2)
+
+
+def plot(runs: list[Run], path: Path, first_updates: int | None = None) -> None:
+    """Image runs: val/parzen_ll (and val/fid) against epochs. 1-D runs (experiment=figure1): val/jsd and
+    val/d_distance, and per logged step G's gradient norm and D(G(z)), against G updates (the first
+    `first_updates` for the step panels: where the minimax loss saturates)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("parzen_ll", "val/parzen_ll (nats)")]
-    if any("val/fid" in v for r in runs for v in r.val.values()):
-        panels.append(("fid", "val/fid (lower is better)"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
-    for ax, (metric, ylabel) in zip(axes[0], panels):
+    theory = is_theory(runs)
+    if theory:
+        panels = [("val/jsd", "JSD(p_data || p_g) (nats)"), ("val/d_distance", "E|D - D*|"),
+                  ("train/g_grad_norm", "norm of G's gradient"), ("train/d_fake", "D(G(z)), batch mean")]
+    else:
+        panels = [("val/parzen_ll", "val/parzen_ll (nats)")]
+        if any("val/fid" in v for r in runs for v in r.val.values()):
+            panels.append(("val/fid", "val/fid (lower is better)"))
+    cols = 2 if theory else len(panels)
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(7 * cols, 4.5 * -(-len(panels) // cols)),
+                             squeeze=False)
+    for ax, (metric, ylabel) in zip(axes.flat, panels):
         for i, (label, group) in enumerate(settings(runs).items()):
-            for key, style in ((f"val/{metric}", "-"), (f"val/ema_{metric}", "--")):
-                epochs = sorted({e for r in group for e in r.val if key in r.val[e]})
-                if not epochs:
-                    continue
-                stats = [mean_se([r.val[e][key] for r in group if e in r.val and key in r.val[e]]) for e in epochs]
-                mean = [m for m, _ in stats]
-                se = [0.0 if math.isnan(s) else s for _, s in stats]
-                name = f"{label} ({len(group)} seed{'s' if len(group) > 1 else ''})" + (" EMA" if "ema" in key else "")
-                ax.plot(epochs, mean, style, color=f"C{i % 10}", marker="o", markersize=3, label=name)
-                ax.fill_between(epochs, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)],
-                                color=f"C{i % 10}", alpha=0.2)
-        ax.set_xlabel("epoch")
+            name = f"{label} ({len(group)} seed{'s' if len(group) > 1 else ''})"
+            if metric.startswith("train/"):
+                points = [{row["train/g_updates"]: row[metric] for row in r.steps if metric in row
+                           and "train/g_updates" in row and row["train/g_updates"] <= (first_updates or math.inf)}
+                          for r in group]
+                _curve(ax, points, f"C{i % 10}", "-", name)
+                continue
+            for key, style in ((metric, "-"), (metric.replace("val/", "val/ema_"), "--")):
+                points = [{(v.get("val/g_updates", e) if theory else e): v[key] for e, v in r.val.items() if key in v}
+                          for r in group]
+                _curve(ax, points, f"C{i % 10}", style, name + (" EMA" if "ema" in key else ""))
+        ax.set_xlabel("G updates" if theory else "epoch")
         ax.set_ylabel(f"{ylabel}, mean +- s.e. over seeds")
-        if metric == "fid":
+        if metric in ("val/fid", "val/jsd", "val/d_distance", "train/g_grad_norm"):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        if any(r.val for r in runs):
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -236,13 +318,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="a multirun folder or run folders")
     parser.add_argument("--out", type=Path, help="where report.md and report.png go")
     parser.add_argument("--epoch", type=int, help="also compare the settings at this (1-based) epoch")
+    parser.add_argument("--g-updates", type=int, help="also compare them at equal G updates (the last validation "
+                        "within this many)")
+    parser.add_argument("--seconds", type=float, help="also compare them at equal training time (the last "
+                        "validation within this many seconds of train/elapsed_s)")
+    parser.add_argument("--first-updates", type=int, help="1-D runs: plot G's gradient norm and D(G(z)) over the "
+                        "first this many G updates only")
+    parser.add_argument("--jsd-below", type=float, default=0.01, help="1-D runs: the JSD (nats) whose first "
+                        "crossing the table times (default 0.01)")
     args = parser.parse_args(argv)
     runs = find_runs(args.dirs)
     out = args.out or (args.dirs[0] if len(args.dirs) == 1 else Path.cwd())
     out.mkdir(parents=True, exist_ok=True)
-    text = seeds_table(runs, args.epoch) + "\n" + table(runs)
+    if is_theory(runs):
+        text = theory_table(runs, args.jsd_below) + "\n" + table(runs)
+    else:
+        text = seeds_table(runs, args.epoch, args.g_updates, args.seconds) + "\n" + table(runs)
     (out / "report.md").write_text(text)
-    plot(runs, out / "report.png")
+    plot(runs, out / "report.png", args.first_updates)
     print(text)
     print(f"wrote {out / 'report.md'} and {out / 'report.png'}", file=sys.stderr)
 

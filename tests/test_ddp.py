@@ -72,8 +72,9 @@ class RankProbe(pl.Callback):
                             "final": {n: p.detach().clone() for n, p in module.named_parameters()}})
 
     def on_test_end(self, trainer, module) -> None:
-        self.record["parzen"] = (module.last_parzen["raw"].n_samples, module.last_parzen["raw"].n_points)
-        self.record["quality"] = (module.last_quality["raw"].n_samples, module.last_quality["raw"].n_real)
+        parzen, quality = module.evaluation.last_parzen["raw"], module.evaluation.last_quality["raw"]
+        self.record["parzen"] = (parzen.n_samples, parzen.n_points)
+        self.record["quality"] = (quality.n_samples, quality.n_real)
         torch.save(self.record, self.folder / f"rank{trainer.global_rank}.pt")
 
 

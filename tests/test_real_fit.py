@@ -64,7 +64,7 @@ class Recorder(pl.Callback):
 
     def on_validation_end(self, trainer, module):
         self.validating = False
-        self.parzen[trainer.current_epoch + 1] = dict(module.last_parzen)
+        self.parzen[trainer.current_epoch + 1] = dict(module.evaluation.last_parzen)
 
 
 @pytest.fixture(scope="module")

@@ -81,3 +81,79 @@ def test_report_shows_the_fid_beside_parzen(tmp_path):
     assert "| val/fid | val/ema_fid | test/fid | test/ema_fid |" in text
     assert "| 40.10 | 45.50 | 38.00 | 44.00 |" in text  # last epoch's val/fid, then test/fid (one seed: no s.e.)
     assert "| 38.000 | 7.50000 +- 1.25000 | 9 |" in text
+
+
+def write_rows(folder, overrides, rows):
+    """A run folder with hand-written metrics rows (each a dict of the CSV logger's columns)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"override_dirname":
+                                                                                    ",".join(overrides)}}}))
+    (folder / "csv" / "version_0").mkdir(parents=True)
+    fields = sorted({k for r in rows for k in r})
+    with open(folder / "csv" / "version_0" / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _table_rows(text):
+    return {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| `")}
+
+
+def test_report_compares_at_equal_g_updates_and_equal_wall_time(tmp_path):
+    sweep = tmp_path / "sweep"
+    # k=1: 100 G updates and 10 s per epoch; k=5: 20 G updates and 6 s per epoch.
+    for k, per_epoch, seconds, curves in ((1, 100, 10.0, [[1, 2, 3, 4], [2, 4, 6, 8]]),
+                                          (5, 20, 6.0, [[10, 20, 30, 40], [30, 40, 50, 60]])):
+        for seed, curve in enumerate(curves):
+            rows = []
+            for epoch, ll in enumerate(curve):
+                rows.append({"epoch": epoch, "step": epoch + 1, "val/parzen_ll": ll, "val/ema_parzen_ll": ll + 1,
+                             "val/g_updates": per_epoch * (epoch + 1)})
+                rows.append({"epoch": epoch, "step": epoch + 1, "train/elapsed_s": seconds * (epoch + 1)})
+            write_rows(sweep / f"{k}{seed}_k={k},seed={seed}", [f"k={k}", f"seed={seed}"], rows)
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--g-updates", "60",
+                           "--seconds", "20"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = (sweep / "report.md").read_text()
+    assert "val/parzen_ll @60 G updates" in text and "val/parzen_ll @20 s" in text
+    rows = _table_rows(text)
+    # k=1 has no validation within 60 G updates (its first is at 100): no value, not a wrong one; within 20 s: epoch 2.
+    assert rows["`k=1`"][6:10] == ["-", "-", "3.0 +- 1.0", "4.0 +- 1.0"]  # within 20 s: epoch 2
+    # k=5 within 60 G updates: epoch 3 (60); within 20 s: epoch 3 (18 s).
+    assert rows["`k=5`"][6:10] == ["40.0 +- 10.0", "41.0 +- 10.0", "40.0 +- 10.0", "41.0 +- 10.0"]
+
+
+def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    runs = {  # seed: (val/jsd per epoch, val/d_distance per epoch, test/jsd)
+        0: ([0.3, 0.02, 0.008, 0.005], [0.2, 0.1, 0.05, 0.05], 0.006),
+        1: ([0.4, 0.009, 0.02, 0.004], [0.3, 0.1, 0.1, 0.1], 0.004),
+        2: ([0.5, 0.3, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1], 0.09),
+    }
+    for seed, (jsd, distance, final) in runs.items():
+        rows = []
+        for epoch, (j, d) in enumerate(zip(jsd, distance)):
+            rows.append({"epoch": epoch, "step": epoch + 1, "val/jsd": j, "val/d_distance": d,
+                         "val/g_updates": 50 * (epoch + 1)})
+            rows.append({"epoch": epoch, "step": epoch + 1, "train/elapsed_s": 3.0 * (epoch + 1)})
+        rows.append({"epoch": 3, "step": 4, "test/jsd": final})
+        write_rows(sweep / f"{seed}_k=2,seed={seed}", ["k=2", f"seed={seed}"], rows)
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--jsd-below", "0.01"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = _table_rows((sweep / "report.md").read_text()).values()
+
+    def mean_se(values, digits):
+        m = sum(values) / len(values)
+        se = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+        return f"{m:.{digits}f} +- {se:.{digits}f}"
+
+    assert row[1] == "3"
+    assert row[2] == mean_se([0.1, 0.15, 0.25], 4)  # each run's mean E|D - D*| over its validations
+    assert row[3] == mean_se([0.006, 0.004, 0.09], 4)
+    assert row[4] == "2/3"  # seed 2 never goes below 0.01
+    assert row[5] == mean_se([150, 100], 0)  # seed 0 first below at epoch 3, seed 1 at epoch 2
+    assert row[6] == mean_se([9.0, 6.0], 1)
+    assert (sweep / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

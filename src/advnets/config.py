@@ -31,6 +31,10 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("lr", "d_lr", "g_lr"):
         if cfg.optimizer.get(key) is not None and float(cfg.optimizer[key]) <= 0:
             raise UserError(f"optimizer.{key} must be > 0, got {cfg.optimizer[key]}")
+    from advnets.metrics import EVALUATIONS
+
+    if cfg.dataset.get("evaluation", "images") not in EVALUATIONS:
+        raise UserError(f"dataset.evaluation must be one of {', '.join(EVALUATIONS)}, got {cfg.dataset.evaluation!r}")
     check_additions(cfg)
     check_devices(cfg.trainer)
 

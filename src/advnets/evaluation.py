@@ -70,6 +70,10 @@ def evaluate(cfg: DictConfig) -> Evaluation:
         path = check_ckpt_path(cfg.ckpt_path)
         module = GAN.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
         run_cfg = module.hparams["config"]
+        if run_cfg["dataset"].get("evaluation", "images") != "images":
+            raise UserError(f"{path} is a run on dataset={run_cfg['dataset']['name']}: eval.py gives Table 1 for image "
+                            f"data; that run's measures (JSD, C(G), E|D - D*|) are the test/* rows of its "
+                            f"csv/version_N/metrics.csv (docs/theory.md)")
         dataset_cfg = rebase_paths(run_cfg["dataset"], run_cfg["paths"]["data_dir"], cfg.paths.data_dir)
     elif cfg.reference in REFERENCES:
         dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)

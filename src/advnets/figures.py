@@ -90,3 +90,48 @@ def save_figures(module, train_data: Tensor, folder: Path, seed: int = 0, which:
     save_image(fig2, paths["figure_2"])
     save_image(fig3, paths["figure_3"])
     return paths
+
+
+def figure_1(path: Path, arrays: dict[str, Tensor], z: Tensor | None, x_of_z: Tensor | None, window,
+             title: str = "") -> None:
+    """The paper's Figure 1 from a run: p_data (black dots), p_g (green), D (blue dashes), D* (grey), and
+    below them the map x = G(z) from the z line to the x line (arrows).
+
+    `arrays` holds x (bin centres), p_data and p_g (densities), d and d_star on x; `window` {low, high}
+    is the x range drawn. The z line is drawn to the width of the x range (z's own scale is marked).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    low, high = float(window["low"]), float(window["high"])
+    x = arrays["x"].numpy()
+    keep = (x >= low) & (x <= high)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 4.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    dots = max(1, int(keep.sum()) // 60)
+    top.plot(x[keep][::dots], arrays["p_data"].numpy()[keep][::dots], "k.", markersize=3, label="p_data")
+    top.plot(x[keep], arrays["p_g"].numpy()[keep], "-", color="green", linewidth=1.2, label="p_g")
+    ceiling = max(1.05, 1.1 * float(arrays["p_data"].max()), 1.1 * float(arrays["p_g"][torch.from_numpy(keep)].max()))
+    top.plot(x[keep], arrays["d_star"].numpy()[keep], "-", color="0.6", linewidth=1.0, label="D*")
+    top.plot(x[keep], arrays["d"].numpy()[keep], "--", color="blue", linewidth=1.2, label="D")
+    top.set_ylim(0, ceiling)
+    top.set_xlim(low, high)
+    top.legend(fontsize=7, loc="upper left", ncol=4)
+    top.set_title(title, fontsize=8)
+    bottom.axhline(1.0, color="black", linewidth=0.8)
+    bottom.axhline(0.0, color="black", linewidth=0.8)
+    if z is not None and x_of_z is not None:
+        z = z.reshape(-1)
+        z_pos = low + (z - z.min()) / (z.max() - z.min()) * (high - low)
+        for zp, xg in zip(z_pos.tolist(), x_of_z.tolist()):
+            bottom.annotate("", xy=(min(max(xg, low), high), 1.0), xytext=(zp, 0.0),
+                            arrowprops={"arrowstyle": "->", "linewidth": 0.6, "color": "0.3"})
+        bottom.text(low, -0.35, f"z: {float(z.min()):.2f}", fontsize=7)
+        bottom.text(high, -0.35, f"{float(z.max()):.2f}", fontsize=7, ha="right")
+    bottom.set_ylim(-0.5, 1.2)
+    bottom.set_yticks([0, 1], ["z", "x"])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

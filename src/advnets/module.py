@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
-from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from advnets.ema import GeneratorEMA
-from advnets.figures import display, save_figures
 from advnets.losses import discriminator_loss, generator_loss
-from advnets.metrics import ParzenLogLikelihood
-from advnets.metrics.quality import SampleQuality, build_extractor, features_for
+from advnets.metrics import build_evaluation
 from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
 from advnets.nets.stages import init_from, load_generator_tail
 from advnets.optim import build_optimizer, start_epoch
+from advnets.seeds import derive_seed
 from advnets.stabilisers import build_stabilisers
 
 def draw_noise(n: int, dim: int, kind: str, generator: torch.Generator, device: torch.device | str) -> Tensor:
@@ -31,12 +27,6 @@ def draw_noise(n: int, dim: int, kind: str, generator: torch.Generator, device: 
     if kind == "normal":
         return torch.randn(n, dim, generator=generator, device=device)
     raise ValueError(f"unknown noise {kind!r}: choose uniform or normal")
-
-
-def derive_seed(*parts: int) -> int:
-    """A 62-bit seed from integers, the same in every process (unlike hash() of mixed tuples)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 2
 
 
 class GAN(pl.LightningModule):
@@ -74,26 +64,11 @@ class GAN(pl.LightningModule):
         self.d_updates = 0
         self.g_updates = 0
         self._last: dict[str, Tensor] = {}  # the latest losses and D outputs, for logging
-        self.parzen = ParzenLogLikelihood()
-        self.parzen_ema = ParzenLogLikelihood() if self.generator_ema is not None else None
-        self.quality = self._build_quality(self.cfg.get("quality"))
+        # Parzen and sample grids for images, D* and the JSD for 1-D data: dataset.evaluation says which.
+        self.evaluation = build_evaluation(self.cfg, has_ema=self.generator_ema is not None)
         self._noise_gen: torch.Generator | None = None
         self._fit_start = time.monotonic()
         self._seconds_before = 0.0  # training_seconds() of the checkpoint resumed from
-
-    def _build_quality(self, quality) -> dict[str, SampleQuality]:
-        """FID, KID, IS and coverage per stage ("val", "test") whose sample count is set (quality.*_samples).
-
-        A plain dict, not a child module: the feature network's weights are no part of a GAN checkpoint.
-        """
-        features = features_for(quality.get("features", "auto"), self.cfg.dataset.name) if quality else None
-        stages = {"val": quality.get("val_samples"), "test": quality.get("test_samples")} if features else {}
-        if not any(stages.values()):
-            return {}
-        extractor = build_extractor(features, quality.get("inception_weights"))
-        subsets = {"val": quality.val_kid_subsets, "test": quality.kid_subsets}
-        return {stage: SampleQuality(extractor, int(subsets[stage]), int(quality.kid_subset_size),
-                                     seed=int(self.cfg.seed)) for stage, n in stages.items() if n}
 
     # --- noise ---------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
@@ -101,7 +76,7 @@ class GAN(pl.LightningModule):
                           generator if generator is not None else self._noise_gen,
                           device if device is not None else self.device)
 
-    def _seeded_generator(self, *salt: int) -> torch.Generator:
+    def seeded_generator(self, *salt: int) -> torch.Generator:
         # Seeds derived from (run seed, rank, epoch, batch...) make every rank draw its own noise and
         # make a resumed run draw exactly what the uninterrupted run drew.
         return torch.Generator(device=self.device).manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, *salt))
@@ -122,7 +97,7 @@ class GAN(pl.LightningModule):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, batch: int = 2000, which: str = "raw") -> Tensor:
         """n samples from G, or from its average (`which="ema"`), drawn in chunks to bound memory."""
-        gen = generator if generator is not None else self._seeded_generator(-1)
+        gen = generator if generator is not None else self.seeded_generator(-1)
         net = self.generator_for(which)
         return torch.cat([net(self.noise(min(batch, n - i), gen)) for i in range(0, n, batch)])
 
@@ -159,7 +134,7 @@ class GAN(pl.LightningModule):
         # seeds of (seed, rank, epoch, batch): every rank draws its own, and a run resumed at any batch,
         # even mid-epoch, draws exactly what the uninterrupted run drew there.
         epoch = self.current_epoch + 1
-        self._noise_gen = self._seeded_generator(epoch, batch_idx)
+        self._noise_gen = self.seeded_generator(epoch, batch_idx)
         torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, 7))
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
@@ -212,6 +187,7 @@ class GAN(pl.LightningModule):
         g_loss, fake_grad = self._generator_loss_and_grad(fake)
         g_opt.zero_grad(set_to_none=True)
         self.manual_backward(fake, fake_grad)
+        self._measure_generator_gradient()
         g_opt.step()
         self._after_update(self.generator)
         self._update_ema()
@@ -242,6 +218,7 @@ class GAN(pl.LightningModule):
         g_opt.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         self.manual_backward(fake, fake_grad)
+        self._measure_generator_gradient()
         d_opt.step()
         g_opt.step()
         self._after_update(self.discriminator)
@@ -252,6 +229,14 @@ class GAN(pl.LightningModule):
         self._last.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
                           d_real=torch.sigmoid(real_logits.detach()).mean(),
                           d_fake=torch.sigmoid(fake_logits.detach()).mean())
+
+    def _measure_generator_gradient(self) -> None:
+        """train/g_grad_norm, the norm of G's gradient, on the steps that are logged: it shows log(1 - D(G(z)))
+        saturating early in training, the paper's reason for the non-saturating loss (docs/theory.md)."""
+        trainer = self._trainer
+        if trainer is not None and trainer._logger_connector.should_update_logs:
+            grads = [p.grad for p in self.generator.parameters() if p.grad is not None]
+            self._last["g_grad_norm"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     def _after_update(self, net: torch.nn.Module) -> None:
         if self.cfg.model.get("max_col_norm"):
@@ -276,121 +261,33 @@ class GAN(pl.LightningModule):
 
     def _log_train(self) -> None:
         self.log_dict(self._train_metrics(), on_step=True, on_epoch=False)
+        self._last.pop("g_grad_norm", None)  # measured for this step only: not repeated in later rows
 
     def on_train_epoch_end(self) -> None:
         # The epoch's last values, whatever log_every_n_steps is: short epochs are logged too. Under DDP,
         # the mean over ranks (the same for the counters, lr and momentum; the global batch's D outputs).
         self.log_dict(self._train_metrics(), on_step=False, on_epoch=True, sync_dist=True)
-        self.log_samples()
+        self.evaluation.draw(self)
 
-    # --- evaluation ----------------------------------------------------------------------------
+    # --- evaluation: what the data set's config measures and draws (advnets.metrics.build_evaluation) -----------
     def validation_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._parzen_points(batch, dataloader_idx)
+        self.evaluation.update(self, batch, dataloader_idx)
 
     def test_step(self, batch: Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._parzen_points(batch, dataloader_idx)
-
-    def _parzen_points(self, batch: Tensor, dataloader_idx: int) -> None:
-        for metric in (self.parzen, self.parzen_ema):
-            if metric is not None:
-                metric.update(**{"select_points" if dataloader_idx == 0 else "test_points": batch})
+        self.evaluation.update(self, batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            for metric in (self.parzen, self.parzen_ema):
-                if metric is not None:
-                    metric.reset()
+            self.evaluation.reset()
             return
-        self._log_parzen("val", int(self.cfg.parzen.val_samples))
-        self._log_quality("val")
+        # Every rank computes the same results from gathered states: the mean over ranks is that result.
+        self.log_dict(self.evaluation.compute(self, "val"), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
-        self._log_parzen("test", int(self.cfg.parzen.test_samples))
-        self._log_quality("test")
-
-    def _log_parzen(self, prefix: str, n_samples: int) -> None:
-        # Each rank draws its share of the centres from its own noise; the metric gathers them.
-        # The EMA G's centres come from the same noise as G's: the two estimates differ only by the weights.
-        share = -(-n_samples // self.trainer.world_size)
-        logged = {f"{prefix}/g_updates": float(self.g_updates)}  # the x axis of src/report.py's plot
-        self.last_parzen = {}
-        for which, metric in (("raw", self.parzen), ("ema", self.parzen_ema)):
-            if metric is None:
-                continue
-            metric.update(centres=self.sample(share, self._seeded_generator(-2), which=which))
-            result = metric.compute()
-            metric.reset()
-            name = f"{prefix}/parzen" if which == "raw" else f"{prefix}/ema_parzen"
-            logged.update({f"{name}_ll": result.ll, f"{name}_se": result.se, f"{name}_sigma": result.sigma})
-            self.last_parzen[which] = result
-        # Every rank computed the same result from the gathered states: the mean over ranks is that result.
-        self.log_dict(logged, sync_dist=True)
-
-    def _log_quality(self, prefix: str) -> None:
-        """{prefix}/fid, kid, kid_std, inception_score, classes_covered, class_kl; {prefix}/ema_* for the EMA G.
-
-        Against the validation images (val) or the test images (test), embedded once per process; each
-        rank embeds its share of them and draws its share of the samples, the metrics gather both. The
-        samples come from the Parzen centres' noise: the first quality.*_samples of those centres.
-        """
-        quality = self.quality.get(prefix)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if quality is None or datamodule is None:
-            return
-        quality.to(self.device)
-        rank, world = self.global_rank, self.trainer.world_size
-        if not quality.has_real:
-            quality.update_real(datamodule.splits["valid" if prefix == "val" else "test"][rank::world])
-        share = -(-int(self.cfg.quality[f"{prefix}_samples"]) // world)
-        logged, self.last_quality = {}, {}
-        for which in self.generators:
-            quality.update_fake(self.sample(share, self._seeded_generator(-2), which=which))
-            self.last_quality[which] = result = quality.compute()
-            quality.reset()
-            logged.update(result.logged(f"{prefix}/" if which == "raw" else f"{prefix}/ema_"))
-        self.log_dict(logged, sync_dist=True)
-
-    # --- images --------------------------------------------------------------------------------
-    @rank_zero_only
-    def log_samples(self) -> None:
-        """The 10x10 grid of G(fixed_z): a PNG in the run folder and the `samples` image in W&B.
-
-        With model.ema_decay set, the EMA G's grid beside it: samples_ema/ and `ema_samples`.
-        """
-        from torchvision.utils import make_grid, save_image
-
-        for which in self.generators:
-            net = self.generator_for(which)
-            was_training = net.training
-            net.eval()
-            with torch.no_grad():
-                images = net(self.fixed_z)
-            net.train(was_training)
-            grid = make_grid(display(images), nrow=10, padding=2, pad_value=1.0)
-            folder = Path(self.trainer.default_root_dir) / ("samples" if which == "raw" else "samples_ema")
-            folder.mkdir(parents=True, exist_ok=True)
-            save_image(grid, folder / f"epoch_{self.current_epoch + 1:04d}.png")
-            for logger in self.loggers:
-                if hasattr(logger, "log_image"):
-                    logger.log_image(key="samples" if which == "raw" else "ema_samples", images=[grid.cpu()],
-                                     step=self.trainer.global_step, caption=[f"epoch {self.current_epoch + 1}"])
+        self.log_dict(self.evaluation.compute(self, "test"), sync_dist=True)
 
     def on_train_end(self) -> None:
-        self.log_figures()
-
-    @rank_zero_only
-    def log_figures(self) -> None:
-        """The paper's Figures 2 and 3 for the final generator (the EMA G when there is one): PNGs, W&B images."""
-        datamodule = self.trainer.datamodule
-        if datamodule is None:  # fitted on bare dataloaders: no training set to find neighbours in
-            return
-        folder = Path(self.trainer.default_root_dir) / "figures"
-        paths = save_figures(self, datamodule.splits["train"], folder, seed=int(self.cfg.seed),
-                             which=self.generators[-1])
-        for logger in self.loggers:
-            if hasattr(logger, "log_image"):
-                for key, path in paths.items():
-                    logger.log_image(key=key, images=[str(path)], step=self.trainer.global_step)
+        self.evaluation.finish(self)
 
     # --- checkpoints ---------------------------------------------------------------------------
     # Resuming restores the weights (G's EMA too), both optimisers, Lightning's loop counters and the

@@ -63,8 +63,22 @@ def problems(argv: list[str]) -> list[str]:
     return found
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def flags_first(argv: list[str]) -> list[str]:
+    """`-m`/`--multirun` moved before the overrides: Hydra's parser refuses `train.py a=1 -m b=1,2`
+    (argparse's "unrecognized arguments"), a form researchers type and the issues use."""
+    return [a for a in argv if a in MULTIRUN_FLAGS] + [a for a in argv if a not in MULTIRUN_FLAGS]
+
+
 def preflight(argv: list[str] | None = None) -> None:
-    """Exit with `error: ...` (status 2) when the command line names something that does not exist."""
+    """Exit with `error: ...` (status 2) when the command line names something that does not exist.
+
+    Called with no argv (the scripts), it also puts a multirun flag given among the overrides first.
+    """
+    if argv is None:
+        sys.argv[1:] = flags_first(sys.argv[1:])
     found = problems(sys.argv[1:] if argv is None else argv)
     if found:
         print(f"error: {found[0]}", file=sys.stderr)

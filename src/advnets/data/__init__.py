@@ -1,4 +1,4 @@
-"""Batches of real images: one DataModule per data set, all built on the same tensor-batch path."""
+"""Batches of real data: one DataModule per data set (images as tensors; the real line sampled fresh)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from advnets.data.batches import DataError, EpochBatchSampler, TensorBatches, TensorDataModule
 
 
-def build_datamodule(cfg: Mapping[str, Any], seed: int) -> TensorDataModule:
+def build_datamodule(cfg: Mapping[str, Any], seed: int):
     """The DataModule named by `cfg.name` (conf/dataset/<name>.yaml)."""
     from omegaconf import DictConfig, OmegaConf
 
@@ -26,7 +26,11 @@ def build_datamodule(cfg: Mapping[str, Any], seed: int) -> TensorDataModule:
         from advnets.data.cifar10 import CIFAR10DataModule
 
         return CIFAR10DataModule(cfg, seed)
-    raise DataError(f"unknown dataset {name!r}: choose mnist, tfd or cifar10")
+    if name == "line":
+        from advnets.data.line import LineDataModule
+
+        return LineDataModule(cfg, seed)
+    raise DataError(f"unknown dataset {name!r}: choose mnist, tfd, cifar10 or line")
 
 
 __all__ = ["DataError", "EpochBatchSampler", "TensorBatches", "TensorDataModule", "build_datamodule"]
