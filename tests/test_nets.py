@@ -71,3 +71,21 @@ def test_max_col_norm_bounds_every_unit():
     for m in net.modules():
         if isinstance(m, torch.nn.Linear):
             assert m.weight.norm(dim=1).max() <= 1.9365 + 1e-5
+
+
+def test_bias_irange_draws_uniform_biases_and_spreads_the_kinks_of_1d_nets():
+    from advnets.nets.mlp import init_linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1, 5000)
+    init_linear(layer, {"irange": 1.0, "bias_irange": 3.0})
+    b = layer.bias.detach()
+    assert b.abs().max() <= 3.0 and abs(b.mean().item()) < 0.15 and abs(b.std().item() - 3.0 / math.sqrt(3)) < 0.05
+    init_linear(layer, {"irange": 1.0, "bias": 0.25})
+    assert torch.all(layer.bias == 0.25)
+    # The line's nets (conf/paper/maxout_line.yaml): G's first ReLUs bend inside the noise's range, not all at 0.
+    module = GAN(OmegaConf.to_container(compose("experiment=figure1"), resolve=True))
+    first = module.generator.net[0]
+    kinks = (-first.bias / first.weight.squeeze(1)).detach()
+    inside = kinks.abs() < math.sqrt(3)
+    assert inside.sum() >= 8 and len(set(kinks[inside].tolist())) == int(inside.sum())

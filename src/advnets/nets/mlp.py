@@ -1,9 +1,9 @@
 """Fully connected generators and maxout discriminators (pylearn2 layers, torch modules).
 
 Every layer is described by a small dict from the `model` config:
-  generator layer:  {units, activation: relu|sigmoid|linear, irange | sparse_init, bias}
+  generator layer:  {units, activation: relu|sigmoid|linear, irange | sparse_init, bias | bias_irange}
   generator output: {activation, irange | sparse_init, bias: marginals | <float>}
-  discriminator:    {layers: [{units, pieces, irange}], output_irange, input_dropout, hidden_dropout}
+  discriminator:    {layers: [{units, pieces, irange, bias_irange}], output_irange, input_dropout, hidden_dropout}
 The output size is the data size, so the same config works on any image shape.
 """
 
@@ -19,7 +19,9 @@ ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
 
 
 def init_linear(layer: nn.Linear, spec: Mapping) -> None:
-    """pylearn2 init: U(-irange, irange), or `sparse_init` N(0,1) weights per unit; bias constant."""
+    """pylearn2 init: U(-irange, irange), or `sparse_init` N(0,1) weights per unit; bias constant, or
+    U(-bias_irange, bias_irange) where that is given (not in the paper: with 1-D inputs, zero biases put
+    every ReLU's and every maxout piece's kink at 0, so the nets start as two straight lines)."""
     with torch.no_grad():
         if spec.get("sparse_init"):
             # Each output unit gets exactly `sparse_init` non-zero incoming weights drawn from N(0, 1).
@@ -32,7 +34,10 @@ def init_linear(layer: nn.Linear, spec: Mapping) -> None:
         else:
             layer.weight.uniform_(-float(spec["irange"]), float(spec["irange"]))
         bias = spec.get("bias", 0.0)
-        layer.bias.fill_(0.0 if bias == "marginals" or bias is None else float(bias))
+        if spec.get("bias_irange"):
+            layer.bias.uniform_(-float(spec["bias_irange"]), float(spec["bias_irange"]))
+        else:
+            layer.bias.fill_(0.0 if bias == "marginals" or bias is None else float(bias))
 
 
 class Maxout(nn.Module):
