@@ -227,17 +227,20 @@ def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None
     return "\n".join(lines) + "\n"
 
 
-def theory_table(runs: list[Run], jsd_below: float) -> str:
+def theory_table(runs: list[Run], jsd_below: float, g_updates: int | None = None) -> str:
     """1-D runs (experiment=figure1): per setting over seeds, how far D stayed from D* and how fast p_g met p_data.
 
     E|D - D*|: each run's mean of val/d_distance over its validations; final JSD: test/jsd (the end-of-fit
     estimate from more samples); reached: the seeds whose val/jsd fell below `jsd_below` at some validation,
-    and for those, the G updates and training seconds (train/elapsed_s) by the end of that epoch.
+    and for those, the G updates and training seconds (train/elapsed_s) by the end of that epoch. With
+    `g_updates`: val/jsd at equal G updates too (each run's last validation within that many).
     """
-    head = (f"| setting | seeds | E\\|D - D*\\| over training | final JSD | reached JSD < {jsd_below:g} "
-            f"| G updates to reach | seconds to reach |")
+    cells = ["setting", "seeds", "E\\|D - D*\\| over training", "final JSD", f"reached JSD < {jsd_below:g}",
+             "G updates to reach", "seconds to reach"]
+    if g_updates is not None:
+        cells.append(f"JSD @{g_updates} G updates")
     lines = ["Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)); 'to reach' over the seeds that reached.\n",
-             head, "|" + "---|" * (head.count("|") - 1)]
+             "| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
     for label, group in settings(runs).items():
         distance = [sum(v["val/d_distance"] for v in r.val.values() if "val/d_distance" in v)
                     / max(1, sum("val/d_distance" in v for v in r.val.values())) for r in group if r.val]
@@ -247,9 +250,14 @@ def theory_table(runs: list[Run], jsd_below: float) -> str:
             below = [e for e in sorted(r.val) if r.val[e].get("val/jsd", math.inf) < jsd_below]
             if below:
                 reached.append(r.val[below[0]])
-        lines.append(f"| `{label}` | {len(group)} | {fmt(distance, 4)} | {fmt(final, 4)} | {len(reached)}/{len(group)} "
-                     f"| {fmt([v['val/g_updates'] for v in reached if 'val/g_updates' in v], 0)} "
-                     f"| {fmt([v['train/elapsed_s'] for v in reached if 'train/elapsed_s' in v], 1)} |")
+        row = (f"| `{label}` | {len(group)} | {fmt(distance, 4)} | {fmt(final, 4)} | {len(reached)}/{len(group)} "
+               f"| {fmt([v['val/g_updates'] for v in reached if 'val/g_updates' in v], 0)} "
+               f"| {fmt([v['train/elapsed_s'] for v in reached if 'train/elapsed_s' in v], 1)} |")
+        if g_updates is not None:
+            picked = [(r, within(r, "val/g_updates", g_updates)) for r in group]
+            values = [r.val[e]["val/jsd"] for r, e in picked if e is not None and "val/jsd" in r.val[e]]
+            row += f" {fmt(values, 4) if len(values) == len(group) else '-'} |"
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
@@ -331,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or (args.dirs[0] if len(args.dirs) == 1 else Path.cwd())
     out.mkdir(parents=True, exist_ok=True)
     if is_theory(runs):
-        text = theory_table(runs, args.jsd_below) + "\n" + table(runs)
+        text = theory_table(runs, args.jsd_below, args.g_updates) + "\n" + table(runs)
     else:
         text = seeds_table(runs, args.epoch, args.g_updates, args.seconds) + "\n" + table(runs)
     (out / "report.md").write_text(text)

@@ -157,3 +157,18 @@ def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
     assert row[5] == mean_se([150, 100], 0)  # seed 0 first below at epoch 3, seed 1 at epoch 2
     assert row[6] == mean_se([9.0, 6.0], 1)
     assert (sweep / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_theory_table_gives_the_jsd_at_equal_g_updates(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed, jsd in enumerate(([0.3, 0.02, 0.008], [0.4, 0.009, 0.02])):
+        rows = [{"epoch": e, "step": e + 1, "val/jsd": j, "val/d_distance": 0.1, "val/g_updates": 50 * (e + 1)}
+                for e, j in enumerate(jsd)]
+        write_rows(sweep / f"{seed}_seed={seed}", [f"seed={seed}"], rows)
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--g-updates", "120"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = (sweep / "report.md").read_text()
+    assert "| JSD @120 G updates |" in text
+    (row,) = _table_rows(text).values()
+    assert row[7] == "0.0145 +- 0.0055"  # epoch 2 (100 G updates) of each: 0.02 and 0.009

@@ -153,10 +153,12 @@ def test_proposition_1_the_projects_d_step_on_fresh_batches_reaches_d_star(tmp_p
         d = torch.sigmoid(module.discriminator(x.float()[:, None])).double()
     where = torch.from_numpy((p_data + p_g) / 2 > 0.1)  # where p_data + p_g is not negligible
     assert where.sum() > 200
-    assert (d - d_star)[where].abs().max().item() < 0.06
-    # The logged measure (histogram p_g, D on the grid) agrees: D is within 0.03 of D* on average.
-    assert module.evaluation.last_metrics["d_distance"] < 0.03
-    assert module.evaluation.last_metrics["v_gap"] < 0.01
+    # Measured at this commit: max 0.029, E|D - D*| 0.016, V gap 0.0023 (a D of 1/2 everywhere: 2 JSD = 0.51).
+    assert (d - d_star)[where].abs().max().item() < 0.05
+    # The logged measure (histogram p_g, D on the grid) agrees: D is within 0.025 of D* on average, and
+    # V(D, G) is within 0.005 of its maximum C(G).
+    assert module.evaluation.last_metrics["d_distance"] < 0.025
+    assert module.evaluation.last_metrics["v_gap"] < 0.005
 
 
 THEORY_KEYS = ["jsd", "c_g", "c_g_minus_theorem", "v_d", "v_gap", "d_distance", "pg_beyond_grid", "g_updates"]
