@@ -42,7 +42,7 @@ def refused(log_dir, *args, data_dir=None, logger="none", env=None):
     return errors[0]
 
 
-@pytest.mark.parametrize("group, options", [("dataset", "cifar10, mnist, tfd"), ("model", "conv, maxout"),
+@pytest.mark.parametrize("group, options", [("dataset", "cifar10, line, mnist, tfd"), ("model", "conv, maxout"),
                                             ("loss", "minimax, nonsaturating")])
 def test_unknown_group_option_lists_the_options(log_dir, group, options):
     msg = refused(log_dir, f"{group}=nope")
