@@ -60,6 +60,14 @@ class GaussianMixture:
         return (self.means[component] + self.stds[component] * normal).float()[:, None]
 
 
+def grid_edges(grid: Mapping[str, Any]) -> Tensor:
+    """The edges of `dataset.grid`'s bins ({low, high, bins}), float64: the data module's grid points and
+    the theory metrics' quadrature share them."""
+    if not float(grid["low"]) < float(grid["high"]) or int(grid["bins"]) < 2:
+        raise DataError(f"dataset.grid needs low < high and bins >= 2, got {dict(grid)}")
+    return torch.linspace(float(grid["low"]), float(grid["high"]), int(grid["bins"]) + 1, dtype=torch.float64)
+
+
 class FreshBatches(_ResumableBatches):
     """`batches_per_epoch` minibatches, each drawn from the density with a seed of (seed, epoch, batch row).
 
@@ -90,10 +98,7 @@ class LineDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.batch_size = int(self.cfg.get("batch_size", 100))
         self.density = GaussianMixture(self.cfg["density"])
-        grid = self.cfg["grid"]
-        if not float(grid["low"]) < float(grid["high"]) or int(grid["bins"]) < 2:
-            raise DataError(f"dataset.grid needs low < high and bins >= 2, got {dict(grid)}")
-        self.edges = torch.linspace(float(grid["low"]), float(grid["high"]), int(grid["bins"]) + 1, dtype=torch.float64)
+        self.edges = grid_edges(self.cfg["grid"])
         if int(self.cfg.get("batches_per_epoch", 0)) < 1:
             raise DataError(f"dataset.batches_per_epoch must be >= 1, got {self.cfg.get('batches_per_epoch')}")
 

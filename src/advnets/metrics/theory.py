@@ -22,7 +22,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
-from advnets.data.line import GaussianMixture
+from advnets.data.line import GaussianMixture, grid_edges
 
 LOG4 = math.log(4.0)
 
@@ -86,8 +86,7 @@ class TheoryEvaluation(nn.Module):
         self.cfg = cfg
         data = cfg.dataset
         self.density = GaussianMixture(data.density)
-        self.edges = torch.linspace(float(data.grid.low), float(data.grid.high), int(data.grid.bins) + 1,
-                                    dtype=torch.float64)
+        self.edges = grid_edges(data.grid)
         self.centres = (self.edges[:-1] + self.edges[1:]) / 2
         self.width = float(self.edges[1] - self.edges[0])
         self.p_data = self.density.bin_masses(self.edges)
