@@ -145,9 +145,16 @@ def table(runs: list[Run]) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
+# Overrides that do not change what is trained up to a given epoch: how long a run goes, what it saves or
+# shows, whether a collapsed run stops. Runs that differ only in these (and the seed) are one setting, so a
+# 30-epoch run and a 15-epoch run of the same settings are seeds of one row.
+NOT_A_SETTING = ("seed=", "trainer.max_epochs=", "trainer.enable_progress_bar=", "callbacks.checkpoint.",
+                 "callbacks.collapse.stop=")
+
+
 def setting_of(run: Run) -> tuple[str, ...]:
-    """A run's overrides without its seed: the runs of one setting differ only in seed."""
-    return tuple(o for o in run.overrides if not o.startswith("seed="))
+    """A run's overrides without its seed and NOT_A_SETTING: the runs of one setting differ only in these."""
+    return tuple(o for o in run.overrides if not o.startswith(NOT_A_SETTING))
 
 
 def settings(runs: list[Run]) -> dict[str, list[Run]]:
@@ -169,11 +176,13 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
-def fmt(values: list[float], digits: int = 1) -> str:
+def fmt(values: list[float], digits: int = 1, seeds: int | None = None) -> str:
+    """mean +- s.e.; with `seeds`, a mean over fewer runs than the setting has says so: "(3 of 5 seeds)"."""
     if not values:
         return "-"
     mean, se = mean_se(values)
-    return f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} +- {se:.{digits}f}"
+    text = f"{mean:.{digits}f}" if math.isnan(se) else f"{mean:.{digits}f} +- {se:.{digits}f}"
+    return text + (f" ({len(values)} of {seeds} seeds)" if seeds is not None and len(values) < seeds else "")
 
 
 def within(run: Run, budget_key: str, budget: float | None) -> int | None:
@@ -214,7 +223,9 @@ def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None
         row = (f"| `{label}` | {len(group)} | {collapsed} | {last or '-'} | {fmt(at(last, 'val/parzen_ll'))} | "
                f"{fmt(at(last, 'val/ema_parzen_ll'))} |")
         if epoch is not None:
-            row += f" {fmt(at(epoch, 'val/parzen_ll'))} | {fmt(at(epoch, 'val/ema_parzen_ll'))} |"
+            # a collapsed run stopped before `epoch` has no value there: the mean is over the runs that reached it
+            row += (f" {fmt(at(epoch, 'val/parzen_ll'), seeds=len(group))} |"
+                    f" {fmt(at(epoch, 'val/ema_parzen_ll'), seeds=len(group))} |")
         for budget_key, budget, _ in budgets:
             for key in ("val/parzen_ll", "val/ema_parzen_ll"):
                 picked = [(r, within(r, budget_key, budget)) for r in group]

@@ -60,6 +60,32 @@ def test_report_groups_seeds_with_mean_se_and_collapse_count(tmp_path):
     assert (sweep / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runs_that_differ_only_in_length_or_checkpoints_are_seeds_of_one_setting(tmp_path):
+    """A 30-epoch run and a 15-epoch run that stopped when D won are one setting; at an epoch the stopped run never
+    reached, the mean is over the runs that did, and says so."""
+    write_run(tmp_path / "a" / "seed0", ["seed=0", "trainer.max_epochs=3", "callbacks.checkpoint.every_n_epochs=5"],
+              [(10, 20), (100, 150), (130, 180)], test=135.0)
+    write_run(tmp_path / "b" / "0_seed=1", ["callbacks.collapse.stop=true", "seed=1", "trainer.max_epochs=2"],
+              [(20, 25), (-250, -240)], collapsed=1.0, test=-250.0)
+    write_run(tmp_path / "b" / "1_seed=2", ["callbacks.collapse.stop=true", "seed=2", "trainer.max_epochs=2"],
+              [(30, 35), (110, 130)], test=111.0)
+    write_run(tmp_path / "c" / "0_k=2,seed=0", ["k=2", "seed=0", "trainer.max_epochs=2"], [(5, 6), (50, 60)])
+    import report
+
+    report.main([str(tmp_path / d) for d in "abc"] + ["--epoch", "3", "--out", str(tmp_path / "out")])
+    rows = _table_rows((tmp_path / "out" / "report.md").read_text())
+    assert sorted(rows) == ["`defaults`", "`k=2`"]
+    assert rows["`defaults`"][1:5] == ["3", "1", "2", "{:.1f} +- {:.1f}".format(*_mean_se([100, -250, 110]))]
+    assert rows["`defaults`"][5] == "{:.1f} +- {:.1f}".format(*_mean_se([150, -240, 130]))  # EMA, last common epoch
+    assert rows["`defaults`"][6:8] == ["130.0 (1 of 3 seeds)", "180.0 (1 of 3 seeds)"]  # @3: only seed 0 got there
+    assert rows["`k=2`"][6] == "-"
+
+
+def _mean_se(values):
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
 def test_report_shows_the_fid_beside_parzen(tmp_path):
     """The sample-quality columns: val/fid (G, EMA) at the last epoch and test/fid over seeds; per run FID, KID, coverage."""
     import report
