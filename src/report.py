@@ -277,14 +277,23 @@ def is_theory(runs: list[Run]) -> bool:
 
 
 def _curve(ax, points: list[dict[float, float]], color: str, style: str, label: str) -> None:
-    """The mean over runs (seeds) of y at each x, with a band of +- one s.e."""
+    """The mean over runs (seeds) of y at each x, with a band of +- one s.e., where every run has a value. Where
+    only some do (collapsed runs stopped early), a thin line without a band follows the mean of those: a mean
+    over the survivors alone must not read as the setting's."""
     xs = sorted({x for p in points for x in p})
     if not xs:
         return
     stats = [mean_se([p[x] for p in points if x in p]) for x in xs]
     mean, se = [m for m, _ in stats], [0.0 if math.isnan(s) else s for _, s in stats]
-    ax.plot(xs, mean, style, color=color, marker="o" if len(xs) < 100 else None, markersize=3, label=label)
-    ax.fill_between(xs, [m - s for m, s in zip(mean, se)], [m + s for m, s in zip(mean, se)], color=color, alpha=0.2)
+    every = [i for i, x in enumerate(xs) if all(x in p for p in points)]
+    last = every[-1] + 1 if every else 0
+    marker = "o" if len(xs) < 100 else None
+    ax.plot(xs[:last], mean[:last], style, color=color, marker=marker, markersize=3, label=label)
+    ax.fill_between(xs[:last], [m - s for m, s in zip(mean, se)][:last], [m + s for m, s in zip(mean, se)][:last],
+                    color=color, alpha=0.2)
+    if last < len(xs):
+        start = max(last - 1, 0)
+        ax.plot(xs[start:], mean[start:], style, color=color, linewidth=0.7, alpha=0.6)
 
 
 def plot(runs: list[Run], path: Path, first_updates: int | None = None) -> None:

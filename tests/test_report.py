@@ -198,3 +198,22 @@ def test_the_theory_table_gives_the_jsd_at_equal_g_updates(tmp_path):
     assert "| JSD @120 G updates |" in text
     (row,) = _table_rows(text).values()
     assert row[7] == "0.0145 +- 0.0055"  # epoch 2 (100 G updates) of each: 0.02 and 0.009
+
+
+def test_the_plot_draws_the_mean_with_its_band_only_where_every_seed_has_a_value():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import report
+
+    fig, ax = plt.subplots()
+    report._curve(ax, [{1: 10.0, 2: 20.0, 3: 30.0}, {1: 14.0, 2: -250.0}], "C0", "-", "setting")
+    full, survivors = ax.lines
+    assert list(full.get_xdata()) == [1, 2] and list(full.get_ydata()) == [12.0, -115.0]
+    assert full.get_label() == "setting"
+    assert list(survivors.get_xdata()) == [2, 3] and list(survivors.get_ydata()) == [-115.0, 30.0]
+    assert survivors.get_label().startswith("_")  # not in the legend
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 0].max() == 2  # the band stops where the first seed did
+    plt.close(fig)
