@@ -172,3 +172,20 @@ def test_collapse_is_marked_after_consecutive_epochs_only():
     restored = CollapseMonitor()
     restored.load_state_dict(monitor.state_dict())
     assert restored.collapsed_at == 4
+
+
+def test_collapse_under_label_smoothing_is_measured_against_d_real_target():
+    """With D's real target 0.9 a D that has won sits at D(x) = 0.9: 0.99 of the target (0.891) marks it."""
+    module = SimpleNamespace(_last={}, log_dict=lambda d, **kw: None)
+    trainer = SimpleNamespace(current_epoch=0, should_stop=False,
+                              strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all=True: x))
+    smoothed, plain = CollapseMonitor(real_label=0.9), CollapseMonitor()
+    assert smoothed.d_real_above == pytest.approx(0.891) and plain.d_real_above == 0.99
+    for _ in range(2):
+        for monitor in (smoothed, plain):
+            monitor.on_train_epoch_start(trainer, module)
+            module._last = {"d_real": torch.tensor(0.9), "d_fake": torch.tensor(0.002)}
+            monitor.on_train_batch_end(trainer, module, None, None, 0)
+            monitor.on_train_epoch_end(trainer, module)
+        trainer.current_epoch += 1
+    assert smoothed.collapsed_at == 2 and plain.collapsed_at is None

@@ -106,11 +106,14 @@ class CollapseMonitor(pl.Callback):
     """Marks a run collapsed (D has won) and optionally stops it; logs train/collapsed every epoch.
 
     The epoch's mean D(x) and D(G(z)) over its D updates are compared with the thresholds; `epochs`
-    consecutive epochs past both mark the run collapsed, and it stays marked.
+    consecutive epochs past both mark the run collapsed, and it stays marked. D(x)'s threshold is a fraction
+    of D's target for real data (`real_label`): with label smoothing (target 0.9) a D that has won sits at
+    D(x) = 0.9, never above 0.99.
     """
 
-    def __init__(self, d_real_above: float = 0.99, d_fake_below: float = 0.01, epochs: int = 2, stop: bool = False):
-        self.d_real_above, self.d_fake_below = float(d_real_above), float(d_fake_below)
+    def __init__(self, d_real_above: float = 0.99, d_fake_below: float = 0.01, epochs: int = 2, stop: bool = False,
+                 real_label: float = 1.0):
+        self.d_real_above, self.d_fake_below = float(d_real_above) * float(real_label), float(d_fake_below)
         self.epochs, self.stop = int(epochs), bool(stop)
         self.streak, self.collapsed_at = 0, None  # collapsed_at: the 1-based epoch it was marked
         self._sums = torch.zeros(3, dtype=torch.float64)  # sum D(x), sum D(G(z)), count
