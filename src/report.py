@@ -334,9 +334,17 @@ def plot(runs: list[Run], path: Path, first_updates: int | None = None) -> None:
         if metric in ("val/fid", "val/jsd", "val/d_distance", "train/g_grad_norm"):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if len(handles) <= 6:
+        for ax in axes.flat:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+    else:  # many settings: one legend below the panels, where it hides no curve
+        rows = -(-len(handles) // 2)
+        fig.set_figheight(fig.get_figheight() + 0.2 * rows)
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.2 * rows / fig.get_figheight() + 0.02, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
