@@ -186,9 +186,12 @@ def fmt(values: list[float], digits: int = 1, seeds: int | None = None) -> str:
 
 
 def within(run: Run, budget_key: str, budget: float | None) -> int | None:
-    """The last validated epoch by whose end `budget_key` (val/g_updates, train/elapsed_s) was <= budget."""
+    """The last validated epoch by whose end `budget_key` (val/g_updates, train/elapsed_s) was <= budget; None
+    when the run never got to the budget."""
     if budget is None:
         return None
+    if max((v.get(budget_key, -math.inf) for v in run.val.values()), default=-math.inf) < budget:
+        return None  # the run ended before the budget: no value, not its last one under another budget
     fits = [e for e, v in run.val.items() if v.get(budget_key, math.inf) <= budget]
     return max(fits) if fits else None
 

@@ -149,6 +149,12 @@ def test_report_compares_at_equal_g_updates_and_equal_wall_time(tmp_path):
     assert rows["`k=1`"][6:10] == ["-", "-", "3.0 +- 1.0", "4.0 +- 1.0"]  # within 20 s: epoch 2
     # k=5 within 60 G updates: epoch 3 (60); within 20 s: epoch 3 (18 s).
     assert rows["`k=5`"][6:10] == ["40.0 +- 10.0", "41.0 +- 10.0", "40.0 +- 10.0", "41.0 +- 10.0"]
+    # 30 s: k=5 ended at 24 s, so it has no value at 30 s (not its last one); k=1 has epoch 3 (30 s).
+    import report
+
+    report.main([str(sweep), "--seconds", "30", "--out", str(tmp_path / "at30")])
+    rows = _table_rows((tmp_path / "at30" / "report.md").read_text())
+    assert rows["`k=1`"][6:8] == ["4.5 +- 1.5", "5.5 +- 1.5"] and rows["`k=5`"][6:8] == ["-", "-"]
 
 
 def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
