@@ -435,3 +435,19 @@ class StopAtBatch(pl.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stopped_multirun_job_prints_the_command_that_resumes_that_job_alone(data_dir, tmp_path):
+    """SIGTERM in job 0 of `-m seed=0,1`: the printed command is job 0's own overrides as one run (not the sweep
+    with job 0's checkpoint, which would resume every seed from it), and it continues in job 0's folder."""
+    stop = "callbacks.extra=[{_target_:test_reliability.StopAtBatch,epoch:1,batch:2}]"
+    stopped = train(data_dir, None, "-m", "seed=0,1", "trainer.max_epochs=1", "logger=csv", stop,
+                    "hydra.sweep.subdir=job${hydra.job.num}", batches=3, log_dir=tmp_path, env=TESTS_ON_PATH)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    command = shlex.split(stopped.stderr.split("resume with:\n", 1)[1].splitlines()[0])
+    assert "-m" not in command and "seed=0" in command and not any(a.startswith("seed=0,") for a in command)
+    (job,) = (p for p in (tmp_path / "multiruns").rglob("checkpoints") if (p / "last.ckpt").exists())
+    assert command[-1] == f"ckpt_path={job / 'last.ckpt'}" and job.parent.name == "job0"
+    resumed = run_script("train.py", *command[2:], env=TESTS_ON_PATH)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in job.parent.glob("csv/version_*")) == ["version_0", "version_1"]

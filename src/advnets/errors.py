@@ -40,11 +40,26 @@ class Preempted(Exception):
 
 
 def resume_command(ckpt: str) -> str:
-    """This command line again, resuming from `ckpt`."""
+    """This command line again, resuming from `ckpt`. In a multirun job, that job's own overrides as one run:
+    the sweep's command line with one job's checkpoint would resume every job of the sweep from it."""
     import shlex
 
-    args = [a for a in sys.argv[1:] if not a.startswith("ckpt_path=")]
+    args = sys.argv[1:]
+    job = multirun_job_overrides()
+    if job is not None:
+        args = job
+    args = [a for a in args if not a.startswith("ckpt_path=")]
     return shlex.join(["python", "src/train.py", *args, f"ckpt_path={ckpt}"])
+
+
+def multirun_job_overrides() -> list[str] | None:
+    """The overrides of the running multirun job (Hydra's hydra.overrides.task); None outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return list(HydraConfig.get().overrides.task)
 
 
 # What Hydra writes into a run folder before the task starts (and <job name>.log); a folder holding nothing
