@@ -230,8 +230,8 @@ def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None
             row += (f" {fmt(at(epoch, 'val/parzen_ll'), seeds=len(group))} |"
                     f" {fmt(at(epoch, 'val/ema_parzen_ll'), seeds=len(group))} |")
         for budget_key, budget, _ in budgets:
+            picked = [(r, within(r, budget_key, budget)) for r in group]
             for key in ("val/parzen_ll", "val/ema_parzen_ll"):
-                picked = [(r, within(r, budget_key, budget)) for r in group]
                 values = [r.val[e][key] for r, e in picked if e is not None and key in r.val[e]]
                 row += f" {fmt(values) if len(values) == len(group) else '-'} |"
         row += f" {fmt(final('test/parzen_ll'))} | {fmt(final('test/ema_parzen_ll'))} |"
@@ -292,7 +292,7 @@ def _curve(ax, points: list[dict[float, float]], color: str, style: str, label: 
     last = every[-1] + 1 if every else 0
     marker = "o" if len(xs) < 100 else None
     ax.plot(xs[:last], mean[:last], style, color=color, marker=marker, markersize=3, label=label)
-    ax.fill_between(xs[:last], [m - s for m, s in zip(mean, se)][:last], [m + s for m, s in zip(mean, se)][:last],
+    ax.fill_between(xs[:last], [m - s for m, s in zip(mean[:last], se)], [m + s for m, s in zip(mean[:last], se)],
                     color=color, alpha=0.2)
     if last < len(xs):
         start = max(last - 1, 0)

@@ -44,16 +44,12 @@ def test_report_groups_seeds_with_mean_se_and_collapse_count(tmp_path):
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in text.splitlines() if line.startswith("| `")}
 
-    def mean_se(values):
-        m = sum(values) / len(values)
-        return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
-
     k1 = rows["`k=1`"]
     assert k1[1:4] == ["3", "1", "3"]  # seeds, collapsed, last epoch every seed reached
-    assert k1[4] == "{:.1f} +- {:.1f}".format(*mean_se([130, 150, -255]))
-    assert k1[5] == "{:.1f} +- {:.1f}".format(*mean_se([180, 200, -245]))
-    assert k1[6] == "{:.1f} +- {:.1f}".format(*mean_se([100, 110, -260]))  # @ epoch 2
-    assert k1[8] == "{:.1f} +- {:.1f}".format(*mean_se([135, 149, -250]))
+    assert k1[4] == _mean_se([130, 150, -255])
+    assert k1[5] == _mean_se([180, 200, -245])
+    assert k1[6] == _mean_se([100, 110, -260])  # @ epoch 2
+    assert k1[8] == _mean_se([135, 149, -250])
     k2 = rows["`k=2`"]
     assert k2[1:6] == ["1", "0", "2", "50.0", "60.0"]  # one seed: no s.e.
     assert k2[8] == "-"  # no full-protocol row
@@ -75,15 +71,17 @@ def test_runs_that_differ_only_in_length_or_checkpoints_are_seeds_of_one_setting
     report.main([str(tmp_path / d) for d in "abc"] + ["--epoch", "3", "--out", str(tmp_path / "out")])
     rows = _table_rows((tmp_path / "out" / "report.md").read_text())
     assert sorted(rows) == ["`defaults`", "`k=2`"]
-    assert rows["`defaults`"][1:5] == ["3", "1", "2", "{:.1f} +- {:.1f}".format(*_mean_se([100, -250, 110]))]
-    assert rows["`defaults`"][5] == "{:.1f} +- {:.1f}".format(*_mean_se([150, -240, 130]))  # EMA, last common epoch
+    assert rows["`defaults`"][1:5] == ["3", "1", "2", _mean_se([100, -250, 110])]
+    assert rows["`defaults`"][5] == _mean_se([150, -240, 130])  # EMA, last common epoch
     assert rows["`defaults`"][6:8] == ["130.0 (1 of 3 seeds)", "180.0 (1 of 3 seeds)"]  # @3: only seed 0 got there
     assert rows["`k=2`"][6] == "-"
 
 
-def _mean_se(values):
+def _mean_se(values, digits=1):
+    """mean +- s.e. over seeds (std with ddof 1 / sqrt(n)), as the report prints it."""
     m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+    se = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+    return f"{m:.{digits}f} +- {se:.{digits}f}"
 
 
 def test_report_shows_the_fid_beside_parzen(tmp_path):
@@ -177,17 +175,12 @@ def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (row,) = _table_rows((sweep / "report.md").read_text()).values()
 
-    def mean_se(values, digits):
-        m = sum(values) / len(values)
-        se = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
-        return f"{m:.{digits}f} +- {se:.{digits}f}"
-
     assert row[1] == "3"
-    assert row[2] == mean_se([0.1, 0.15, 0.25], 4)  # each run's mean E|D - D*| over its validations
-    assert row[3] == mean_se([0.006, 0.004, 0.09], 4)
+    assert row[2] == _mean_se([0.1, 0.15, 0.25], 4)  # each run's mean E|D - D*| over its validations
+    assert row[3] == _mean_se([0.006, 0.004, 0.09], 4)
     assert row[4] == "2/3"  # seed 2 never goes below 0.01
-    assert row[5] == mean_se([150, 100], 0)  # seed 0 first below at epoch 3, seed 1 at epoch 2
-    assert row[6] == mean_se([9.0, 6.0], 1)
+    assert row[5] == _mean_se([150, 100], 0)  # seed 0 first below at epoch 3, seed 1 at epoch 2
+    assert row[6] == _mean_se([9.0, 6.0], 1)
     assert (sweep / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

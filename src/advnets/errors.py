@@ -44,22 +44,11 @@ def resume_command(ckpt: str) -> str:
     the sweep's command line with one job's checkpoint would resume every job of the sweep from it."""
     import shlex
 
-    args = sys.argv[1:]
+    from advnets.launch import multirun_job_overrides
+
     job = multirun_job_overrides()
-    if job is not None:
-        args = job
-    args = [a for a in args if not a.startswith("ckpt_path=")]
+    args = [a for a in (sys.argv[1:] if job is None else job) if not a.startswith("ckpt_path=")]
     return shlex.join(["python", "src/train.py", *args, f"ckpt_path={ckpt}"])
-
-
-def multirun_job_overrides() -> list[str] | None:
-    """The overrides of the running multirun job (Hydra's hydra.overrides.task); None outside a multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return list(HydraConfig.get().overrides.task)
 
 
 # What Hydra writes into a run folder before the task starts (and <job name>.log); a folder holding nothing

@@ -8,14 +8,24 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 
-def sweep_name() -> str | None:
-    """In a multirun job, the name of its sweep folder (e.g. '2026-11-25_22-50-01.123456'); else None."""
+def _multirun_job():
+    """Hydra's config of this process when it is a multirun job; None otherwise."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir).name
-    return None
+    return HydraConfig.get() if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else None
+
+
+def sweep_name() -> str | None:
+    """In a multirun job, the name of its sweep folder (e.g. '2026-11-25_22-50-01.123456'); else None."""
+    job = _multirun_job()
+    return None if job is None else Path(job.sweep.dir).name
+
+
+def multirun_job_overrides() -> list[str] | None:
+    """In a multirun job, its own overrides (Hydra's hydra.overrides.task); else None."""
+    job = _multirun_job()
+    return None if job is None else list(job.overrides.task)
 
 
 def ranks_rerun_command(trainer_cfg: DictConfig) -> bool:
