@@ -231,12 +231,13 @@ class GAN(pl.LightningModule):
                           d_fake=torch.sigmoid(fake_logits.detach()).mean())
 
     def _measure_generator_gradient(self) -> None:
-        """train/g_grad_norm, the norm of G's gradient, on the steps that are logged: it shows log(1 - D(G(z)))
-        saturating early in training, the paper's reason for the non-saturating loss (docs/theory.md)."""
-        trainer = self._trainer
-        if trainer is not None and trainer._logger_connector.should_update_logs:
-            grads = [p.grad for p in self.generator.parameters() if p.grad is not None]
-            self._last["g_grad_norm"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        """train/g_grad_norm, the norm of G's gradient at its latest update (like train/g_loss): it shows
+        log(1 - D(G(z))) saturating early in training, the paper's reason for the non-saturating loss
+        (docs/theory.md). Measured at every G update: Lightning writes the last value of a step metric into
+        every later row, so one measured on logged steps only would show, on a logged step without a G update
+        (k > 1), the norm of a G update many steps back."""
+        grads = [p.grad for p in self.generator.parameters() if p.grad is not None]
+        self._last["g_grad_norm"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     def _after_update(self, net: torch.nn.Module) -> None:
         if self.cfg.model.get("max_col_norm"):
@@ -261,7 +262,6 @@ class GAN(pl.LightningModule):
 
     def _log_train(self) -> None:
         self.log_dict(self._train_metrics(), on_step=True, on_epoch=False)
-        self._last.pop("g_grad_norm", None)  # measured for this step only: not repeated in later rows
 
     def on_train_epoch_end(self) -> None:
         # The epoch's last values, whatever log_every_n_steps is: short epochs are logged too. Under DDP,

@@ -1,0 +1,380 @@
+"""Every training option set through the composed config reaches the step, and every logged training statistic
+is the value it names: a real Trainer fits the real module for a few batches; each D and G step and each logged
+row is then replayed here in float64 from what the run recorded (batches, noise, D's inputs, the weights before
+each step), with the option values this file states, not the ones the module read.
+
+Every non-baseline case also checks that the same replay with the option at its default does not match: the
+option changed something these checks see (a value that never reaches its code fails one way or the other).
+Dropout is set to 0 through the config, so a forward pass here repeats the module's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.loggers.logger import Logger
+
+from advnets.data import TensorDataModule
+from advnets.module import GAN
+from conftest import compose
+
+BATCH = 8
+SMALL = ["logger=none", "quality.features=null", "model.noise_dim=6", f"dataset.batch_size={BATCH}",
+         "model.generator.layers=[{units:12,activation:relu,irange:0.5}]", "model.generator.output.irange=0.5",
+         "model.discriminator.layers=[{units:6,pieces:2,irange:0.1}]", "model.discriminator.output_irange=0.5",
+         "model.discriminator.input_dropout=0", "model.discriminator.hidden_dropout=0", "model.ema_decay=null",
+         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+         "trainer.limit_val_batches=0"]
+TOL = 2e-4  # relative to the largest expected change; float32 rounding is ~1e-5 of it with these nets
+
+
+class TinyImages(TensorDataModule):
+    """Random 28 x 28 images as the splits (the module's data path without reading MNIST)."""
+
+    def load_splits(self):
+        gen = torch.Generator().manual_seed(11)
+        return {split: torch.rand(n, 1, 28, 28, generator=gen) for split, n in
+                (("train", 64), ("valid", 300), ("test", 200))}
+
+
+class MemoryLogger(Logger):
+    """Every row Lightning hands a logger: ("step" or "epoch", metrics)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[tuple[str, dict]] = []
+        self.kind = "step"  # set by Recorder: "epoch" from the training epoch's end on
+
+    @property
+    def name(self):
+        return "memory"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append((self.kind, dict(metrics)))
+
+
+def params(net) -> dict:
+    return {n: p.detach().clone() for n, p in net.named_parameters()}
+
+
+class Recorder(pl.Callback):
+    """Events in call order: batch, noise (z), d_in (every input D is called on), D_pre/D_post/G_pre/G_post
+    (weights around each optimiser step), end (after the batch), each with the nets' and the EMA's weights."""
+
+    def __init__(self, logger: MemoryLogger):
+        self.events: list[tuple[str, object]] = []
+        self.logger = logger
+
+    def state(self, module):
+        ema = module.generator_ema
+        return {"G": params(module.generator), "D": params(module.discriminator),
+                "EMA": params(ema.generator) if ema is not None else None,
+                "counters": (module.d_updates, module.g_updates)}
+
+    def on_train_start(self, trainer, module):
+        self.events.append(("start", self.state(module)))
+        for name, opt in zip("DG", trainer.optimizers):
+            opt.register_step_pre_hook(lambda o, a, k, name=name: self.events.append((f"{name}_pre", self.state(module))))
+            opt.register_step_post_hook(lambda o, a, k, name=name: self.events.append((f"{name}_post", self.state(module))))
+        module.discriminator.register_forward_pre_hook(lambda m, args: self.events.append(("d_in", args[0].detach().clone())))
+        real_noise = module.noise
+
+        def noise(n, generator=None, device=None):
+            z = real_noise(n, generator, device)
+            if trainer.training and generator is None:  # the training steps' draws (not the sample grid's)
+                self.events.append(("noise", z.clone()))
+            return z
+
+        module.noise = noise
+
+    def on_train_epoch_end(self, trainer, module):
+        self.events.append(("rows", len(self.logger.rows)))
+        self.logger.kind = "epoch"  # Lightning writes the epoch's row after this hook, its step rows before
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.logger.kind = "step"
+        self.events.append(("rows", len(self.logger.rows)))  # a row written before the next marker: this batch's
+        self.events.append(("batch", (trainer.current_epoch + 1, batch.clone())))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.events.append(("end", self.state(module)))
+
+
+def fit(tmp_path, *overrides, batches=2, epochs=1):
+    """The module fitted by a Trainer built from the composed trainer config, as train.py builds it."""
+    cfg = compose(*SMALL, f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={batches}", *overrides,
+                  output_dir=tmp_path)
+    torch.manual_seed(0)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    logger = MemoryLogger()
+    recorder = Recorder(logger)
+    trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
+    trainer = pl.Trainer(**trainer_args, logger=logger, callbacks=[recorder], enable_checkpointing=False)
+    trainer.fit(module, datamodule=TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed))
+    return module, recorder.events, logger.rows
+
+
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory):
+    cache = {}
+
+    def get(name, overrides, **kwargs):
+        if name not in cache:
+            cache[name] = fit(tmp_path_factory.mktemp(name), *overrides, **kwargs)
+        return cache[name]
+
+    return get
+
+
+# --- the independent replay ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """What the options mean, written out here (the defaults: the composed config's with SMALL)."""
+
+    real_label: float = 1.0
+    d_scale: float = 0.5
+    generator_loss: str = "nonsaturating"
+    r1_gamma: float = 0.1
+    noise_std: float = 0.0
+    noise_anneal: int = 50000
+    d_lr: float = 0.1
+    g_lr: float = 0.1
+    lr_decay: float = 1.000004
+    min_lr: float = 1e-6
+    momentum_start: float = 0.5
+    momentum_end: float = 0.7
+    momentum_saturate_epoch: int = 250
+    max_col_norm: float | None = None
+    k: int = 1
+    schedule: str = "alternating"
+
+
+def float64_net(net, weights: dict):
+    ref = copy.deepcopy(net).double()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(weights[name])
+    return ref
+
+
+def flat(weights: dict) -> torch.Tensor:
+    return torch.cat([p.flatten() for p in weights.values()]).double()
+
+
+def d_objective(d, real_in, fake_in, s: Settings):
+    """D's loss written out: -d_scale [a log D(x) + (1 - a) log(1 - D(x)) + log(1 - D(G(z)))] + R1; and
+    (D(x), D(G(z)), the R1 term) as the module logs them."""
+    x = real_in.double().requires_grad_()
+    p_real, p_fake = torch.sigmoid(d(x)), torch.sigmoid(d(fake_in.double()))
+    a = s.real_label
+    loss = -s.d_scale * ((a * torch.log(p_real) + (1 - a) * torch.log1p(-p_real)).mean() + torch.log1p(-p_fake).mean())
+    r1 = torch.zeros((), dtype=torch.float64)
+    if s.r1_gamma:
+        logits = torch.logit(p_real)
+        (gx,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        r1 = s.r1_gamma / 2 * gx.pow(2).flatten(1).sum(1).mean()
+    return loss + r1, p_real.mean(), p_fake.mean(), r1
+
+
+def g_objective(p_fake, s: Settings):
+    return torch.log1p(-p_fake).mean() if s.generator_loss == "minimax" else -torch.log(p_fake).mean()
+
+
+def momentum_at(epoch: int, s: Settings) -> float:
+    frac = min(max((epoch - 1) / max(s.momentum_saturate_epoch - 1, 1), 0.0), 1.0)
+    return s.momentum_start + (s.momentum_end - s.momentum_start) * frac
+
+
+def renormed(weights: dict, s: Settings) -> dict:
+    """Max column norm: each unit's incoming weights (a row of every 2-D weight) scaled down to norm <= c."""
+    if not s.max_col_norm:
+        return weights
+    out = {}
+    for name, w in weights.items():
+        if w.ndim == 2:
+            norms = w.norm(dim=1, keepdim=True)
+            w = w * torch.clamp(s.max_col_norm / norms, max=1.0)
+        out[name] = w
+    return out
+
+
+class Mismatch(AssertionError):
+    pass
+
+
+def check(what: str, actual, expected, tol=TOL):
+    actual, expected = torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    scale = max(float(expected.abs().max()), 1e-12)
+    if float((actual - expected).abs().max()) > tol * scale:
+        raise Mismatch(f"{what}: got {actual.flatten()[:4].tolist()}, expected {expected.flatten()[:4].tolist()} "
+                       f"(max rel. diff {float((actual - expected).abs().max()) / scale:.3g})")
+
+
+def replay(module, events, rows, s: Settings) -> None:
+    """Every step and every logged training row of the run, recomputed under settings `s`; raises Mismatch."""
+    velocity = {"D": 0.0, "G": 0.0}
+    updates = {"D": 0, "G": 0}
+    latest_g: dict = {}
+    batches = [i for i, (name, _) in enumerate(events) if name == "batch"]
+    for b, start in enumerate(batches):
+        end = next(i for i in range(start, len(events)) if events[i][0] == "end")
+        written, after = events[start - 1][1], next(v for n, v in events[end:] if n == "rows")
+        assert rows[written:after] == [] or [kind for kind, _ in rows[written:after]] == ["step"]
+        row = rows[written][1] if after > written else None  # None: a batch trainer.log_every_n_steps skips
+        epoch, real = events[start][1]
+        span = events[start + 1:end + 1]
+        names = [name for name, _ in span]
+        noise = [v for n, v in span if n == "noise"]
+        d_in = [v for n, v in span if n == "d_in"]
+        mu = momentum_at(epoch, s)
+        g_step = "G_pre" in names
+        expected_g = (updates["D"] + 1) % s.k == 0 if s.schedule == "alternating" else True
+        if g_step != expected_g:
+            raise Mismatch(f"batch {b + 1}: G step {g_step}, expected {expected_g} (k={s.k})")
+        d_pre, d_post = (dict(span)[n] for n in ("D_pre", "D_post"))
+        # D's step: its inputs are the batch (plus instance noise) and G(z) (plus instance noise).
+        g_ref = float64_net(module.generator, d_pre["G"])
+        with torch.no_grad():
+            fake = g_ref(noise[0].double())
+        real_in, fake_in = d_in[0], d_in[1]
+        std = s.noise_std * max(0.0, 1 - updates["G"] / s.noise_anneal)
+        for name, x, clean in (("real", real_in, real.double()), ("fake", fake_in, fake)):
+            added = x.double() - clean
+            if std == 0:
+                check(f"batch {b + 1}: D's {name} input", x, clean, tol=1e-5)
+            elif abs(float(added.std()) - std) > 0.05 * std or abs(float(added.mean())) > 0.05 * std:
+                raise Mismatch(f"batch {b + 1}: instance noise on D's {name} input has std {float(added.std()):.4f}, "
+                               f"expected {std:.4f}")
+        d_ref = float64_net(module.discriminator, d_pre["D"])
+        loss, d_real, d_fake, r1 = d_objective(d_ref, real_in, fake_in, s)
+        grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(d_ref.parameters()))])
+        lr = max(s.d_lr / s.lr_decay ** updates["D"], s.min_lr)
+        velocity["D"] = mu * velocity["D"] - lr * grad
+        check(f"batch {b + 1}: D's step", flat(d_post["D"]), flat(d_pre["D"]) + velocity["D"])
+        # Then max_col_norm: D's weights once its update is over (G's step leaves them as they are).
+        d_after = span[-1][1]["D"]
+        check(f"batch {b + 1}: D after its update", flat(d_after), flat(renormed(d_post["D"], s)), 1e-6)
+        updates["D"] += 1
+        expected_row = {"train/d_loss": loss, "train/d_real": d_real, "train/d_fake": d_fake}
+        if s.r1_gamma:
+            expected_row["train/r1_penalty"] = r1
+        if g_step:
+            g_pre, g_post = (dict(span)[n] for n in ("G_pre", "G_post"))
+            if s.schedule == "alternating":  # G's own fresh noise, against the updated D
+                if len(noise) < 2 or len(d_in) < 3:
+                    raise Mismatch(f"batch {b + 1}: G's step drew no noise of its own")
+                z, d_weights, g_in = noise[1], d_after, d_in[2]
+                if torch.equal(noise[1], noise[0]):
+                    raise Mismatch("G's step reused D's noise")
+            else:  # the one forward pass: D's noise and D's parameters before its step
+                z, d_weights, g_in = noise[0], d_pre["D"], fake_in
+            g_ref = float64_net(module.generator, g_pre["G"])
+            generated = g_ref(z.double())
+            added = g_in.double() - generated.detach()  # the instance noise on G's samples, checked like D's
+            if std == 0:
+                check(f"batch {b + 1}: D's input in G's step", g_in, generated.detach(), tol=1e-5)
+            p_fake = torch.sigmoid(float64_net(module.discriminator, d_weights)(generated + added))
+            g_loss = g_objective(p_fake, s)
+            g_grad = torch.cat([g.flatten() for g in torch.autograd.grad(g_loss, list(g_ref.parameters()))])
+            lr = max(s.g_lr / s.lr_decay ** updates["G"], s.min_lr)
+            velocity["G"] = mu * velocity["G"] - lr * g_grad
+            check(f"batch {b + 1}: G's step", flat(g_post["G"]), flat(g_pre["G"]) + velocity["G"])
+            check(f"batch {b + 1}: G after its update", flat(span[-1][1]["G"]), flat(renormed(g_post["G"], s)), 1e-6)
+            updates["G"] += 1
+            latest_g = {"train/g_loss": g_loss, "train/g_grad_norm": g_grad.norm()}
+        # G's loss and gradient norm at its latest update, on D-only batches too (k > 1); none before the first.
+        expected_row.update(latest_g)
+        # Counters, and D's lr for its next update and its momentum, as logged after the batch.
+        expected_row.update({"train/d_updates": updates["D"], "train/g_updates": updates["G"], "train/momentum": mu,
+                             "train/lr": max(s.d_lr / s.lr_decay ** updates["D"], s.min_lr)})
+        if row is not None:
+            check_row(f"batch {b + 1}", row, expected_row)
+    # The epoch's row holds its last batch's values.
+    epoch_rows = [m for kind, m in rows if kind == "epoch" and "train/d_loss" in m]
+    assert epoch_rows, "no epoch-end row"
+    check_row("epoch row", epoch_rows[-1], expected_row)
+
+
+def check_row(where: str, row: dict, expected: dict) -> None:
+    """The logged train/* values are the expected ones, and no other train/* statistic is logged."""
+    logged = {k for k in row if k.startswith("train/") and k != "train/elapsed_s"}
+    if logged != set(expected):
+        raise Mismatch(f"{where}: logged {sorted(logged)}, expected {sorted(expected)}")
+    for key, value in expected.items():
+        check(f"{where}: {key}", row[key], torch.as_tensor(value).detach(), 1e-6 if "updates" in key else 2e-4)
+
+
+# name: (overrides, fit kwargs, the settings they mean)
+CASES = {
+    "baseline": ([], {}, Settings()),
+    "real_label": (["loss.real_label=0.7"], {}, Settings(real_label=0.7)),
+    "d_scale": (["loss.d_scale=1.3"], {}, Settings(d_scale=1.3)),
+    "minimax": (["loss=minimax"], {}, Settings(generator_loss="minimax")),
+    "r1_gamma": (["stabilisers.r1_gamma=3.0"], {}, Settings(r1_gamma=3.0)),
+    "r1_off": (["stabilisers.r1_gamma=null"], {}, Settings(r1_gamma=0.0)),
+    "instance_noise": (["stabilisers.instance_noise_std=0.3", "stabilisers.instance_noise_anneal_updates=2"],
+                       {"batches": 3}, Settings(noise_std=0.3, noise_anneal=2)),
+    "d_lr": (["optimizer.d_lr=0.03"], {}, Settings(d_lr=0.03)),
+    "g_lr": (["optimizer.g_lr=0.02"], {}, Settings(g_lr=0.02)),
+    "lr": (["optimizer.lr=0.04"], {}, Settings(d_lr=0.04, g_lr=0.04)),
+    "lr_decay": (["optimizer.lr_decay=1.5"], {"batches": 3}, Settings(lr_decay=1.5)),
+    "min_lr": (["optimizer.lr_decay=10", "optimizer.min_lr=0.05"], {"batches": 3}, Settings(lr_decay=10, min_lr=0.05)),
+    "momentum_start": (["optimizer.momentum_start=0.2"], {"batches": 3}, Settings(momentum_start=0.2)),
+    "momentum_end": (["optimizer.momentum_end=0.9", "optimizer.momentum_saturate_epoch=2"], {"batches": 2, "epochs": 2},
+                     Settings(momentum_end=0.9, momentum_saturate_epoch=2)),
+    "max_col_norm": (["model.max_col_norm=0.3"], {}, Settings(max_col_norm=0.3)),
+    "k": (["k=2"], {"batches": 4}, Settings(k=2)),
+    "simultaneous": (["schedule=simultaneous"], {}, Settings(schedule="simultaneous")),
+    # Logged batches without a G update show G's latest update, not one many steps back.
+    "log_every": (["k=3", "trainer.log_every_n_steps=2"], {"batches": 10}, Settings(k=3)),
+}
+# The default setting of each case's option, for the replay that must not match.
+DEFAULT_OF = {"lr": Settings(), "min_lr": Settings(lr_decay=10), "momentum_end": Settings(momentum_saturate_epoch=2)}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_option_reaches_the_step_and_the_logged_statistics(fits, case):
+    overrides, kwargs, settings = CASES[case]
+    module, events, rows = fits(case, overrides, **kwargs)
+    replay(module, events, rows, settings)
+    if case != "baseline":
+        with pytest.raises(Mismatch):
+            replay(module, events, rows, DEFAULT_OF.get(case, Settings()))
+
+
+def test_noise_is_the_configured_distribution_and_size(fits):
+    """model.noise and model.noise_dim reach the draws: U(-sqrt 3, sqrt 3)^6 by default, N(0, I)^6 when set."""
+    for case, overrides in (("baseline", []), ("normal_noise", ["model.noise=normal"])):
+        _, events, _ = fits(case, overrides)
+        z = torch.cat([v for name, v in events if name == "noise"])
+        assert z.shape == (4 * BATCH, 6)  # 2 batches, a D draw and a G draw each
+        beyond = int((z.abs() > math.sqrt(3)).sum())
+        assert beyond == 0 if case == "baseline" else beyond > 0, (case, beyond)
+
+
+def test_the_settings_replayed_here_are_the_composed_defaults():
+    """The replay's defaults are the config's: a case whose override did nothing would otherwise still pass."""
+    cfg = compose(*SMALL)
+    s = Settings()
+    assert (s.real_label, s.d_scale, s.generator_loss) == (cfg.loss.real_label, cfg.loss.d_scale, cfg.loss.generator)
+    assert (s.r1_gamma, s.noise_anneal, s.k, s.schedule) == (cfg.stabilisers.r1_gamma,
+                                                             cfg.stabilisers.instance_noise_anneal_updates, cfg.k,
+                                                             cfg.schedule)
+    assert cfg.stabilisers.instance_noise_std is None and cfg.model.max_col_norm is None
+    opt = cfg.optimizer
+    assert (s.d_lr, s.g_lr, s.lr_decay, s.min_lr) == (opt.d_lr, opt.g_lr, opt.lr_decay, opt.min_lr)
+    assert (s.momentum_start, s.momentum_end, s.momentum_saturate_epoch) == (
+        opt.momentum_start, opt.momentum_end, opt.momentum_saturate_epoch)
