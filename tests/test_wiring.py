@@ -35,11 +35,12 @@ TOL = 2e-4  # relative to the largest expected change; float32 rounding is ~1e-5
 
 
 class TinyImages(TensorDataModule):
-    """Random 28 x 28 images as the splits (the module's data path without reading MNIST)."""
+    """Random 28 x 28 images as the splits (the module's data path without reading MNIST). Pixels in [0, 0.6):
+    G's output bias starts at logit(0.3), far from the 0 it is built with."""
 
     def load_splits(self):
         gen = torch.Generator().manual_seed(11)
-        return {split: torch.rand(n, 1, 28, 28, generator=gen) for split, n in
+        return {split: 0.6 * torch.rand(n, 1, 28, 28, generator=gen) for split, n in
                 (("train", 64), ("valid", 300), ("test", 200))}
 
 
@@ -378,3 +379,29 @@ def test_the_settings_replayed_here_are_the_composed_defaults():
     assert (s.d_lr, s.g_lr, s.lr_decay, s.min_lr) == (opt.d_lr, opt.g_lr, opt.lr_decay, opt.min_lr)
     assert (s.momentum_start, s.momentum_end, s.momentum_saturate_epoch) == (
         opt.momentum_start, opt.momentum_end, opt.momentum_saturate_epoch)
+
+
+@pytest.mark.parametrize("schedule, k, batches", [("alternating", 2, 4), ("simultaneous", 1, 2)])
+def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches):
+    """model.ema_decay=0.5: the EMA starts at G's weights as the fit starts (after G's output bias is set from
+    the data), is left alone by every D step, and after each G update (only then) becomes
+    0.5 * EMA + 0.5 * G, with G as that update left it."""
+    decay = 0.5
+    _, events, _ = fits(f"ema_{schedule}", ["model.ema_decay=0.5", f"schedule={schedule}", f"k={k}"], batches=batches)
+    start = events[0][1]
+    bias = [n for n in start["G"] if n.endswith("bias")][-1]  # the output layer's
+    assert float(start["G"][bias].mean()) == pytest.approx(math.log(0.3 / 0.7), abs=0.05)
+    expected = flat(start["G"])
+    assert torch.equal(flat(start["EMA"]), expected)
+    g_updates = 0
+    for i, (name, value) in enumerate(events):
+        if name in ("D_pre", "D_post", "G_pre", "G_post"):
+            # Unchanged by D's steps, and G's update is averaged in after it (not before, not twice).
+            assert torch.equal(flat(value["EMA"]), expected), (i, name)
+        if name == "end":
+            if events[i - 1][0] == "G_post":
+                expected = decay * expected + (1 - decay) * flat(value["G"])
+                g_updates += 1
+            assert torch.allclose(flat(value["EMA"]), expected, rtol=0, atol=1e-6), (i, g_updates)
+            expected = flat(value["EMA"])  # go on from the float32 average, bit for bit
+    assert g_updates == batches // k
