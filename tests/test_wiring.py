@@ -405,3 +405,60 @@ def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches
             assert torch.allclose(flat(value["EMA"]), expected, rtol=0, atol=1e-6), (i, g_updates)
             expected = flat(value["EMA"])  # go on from the float32 average, bit for bit
     assert g_updates == batches // k
+
+
+# --- resume: every setting that defines the experiment is checked against the checkpoint's --------------------
+# Each EXPERIMENT_KEYS entry, with the overrides that change it (the first setting that differs is named).
+RESUME_CHANGES = {
+    "dataset.name": ["dataset.name=tfd"],
+    "dataset.shape": ["dataset.shape=[1,14,14]"],
+    "model": ["model.noise_dim=7", "model.noise=normal", "model.max_col_norm=2.0", "model.ema_decay=0.5",
+              "model.discriminator.hidden_dropout=0.5",
+              "model.generator.layers=[{units:13,activation:relu,irange:0.5}]"],
+    "loss": ["loss=minimax", "loss.real_label=0.9", "loss.d_scale=1.0"],
+    "k": ["k=2"],
+    "schedule": ["schedule=simultaneous"],
+    "seed": ["seed=1"],
+    "stabilisers": ["stabilisers.r1_gamma=1.0", "stabilisers.r1_gamma=null", "stabilisers.instance_noise_std=0.1",
+                    "stabilisers.instance_noise_anneal_updates=10"],
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A real checkpoint of the module after two batches (made once for every case below)."""
+    tmp = tmp_path_factory.mktemp("resume")
+    cfg = compose(*SMALL, output_dir=tmp)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp)
+    trainer.fit(module, datamodule=TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed))
+    trainer.save_checkpoint(tmp / "last.ckpt")
+    return tmp / "last.ckpt"
+
+
+def test_every_experiment_key_has_resume_cases():
+    from advnets.checkpoints import EXPERIMENT_KEYS
+
+    assert set(RESUME_CHANGES) == set(EXPERIMENT_KEYS)
+
+
+@pytest.mark.parametrize("key, override", [(key, o) for key, overrides in RESUME_CHANGES.items() for o in overrides])
+def test_resume_with_another_experiment_setting_is_refused_in_one_line(checkpoint, key, override):
+    from advnets.checkpoints import check_resume
+    from advnets.errors import UserError
+
+    with pytest.raises(UserError) as refused:
+        check_resume(compose(*SMALL, f"ckpt_path={checkpoint}", override))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"checkpoint {checkpoint} is from another experiment ({key}: ")
+    assert message.endswith("; resume it with the same settings")
+
+
+@pytest.mark.parametrize("override", [None, "trainer.max_epochs=5", "model.compile=true", "callbacks.collapse.stop=true",
+                                      "parzen.val_samples=100", "test_after_fit=false"])
+def test_resume_with_the_same_experiment_is_accepted(checkpoint, override):
+    from advnets.checkpoints import check_resume
+
+    assert check_resume(compose(*SMALL, f"ckpt_path={checkpoint}", *([override] if override else []))) == str(checkpoint)
