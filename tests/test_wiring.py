@@ -287,6 +287,9 @@ def replay(module, events, rows, s: Settings) -> None:
             added = g_in.double() - generated.detach()  # the instance noise on G's samples, checked like D's
             if std == 0:
                 check(f"batch {b + 1}: D's input in G's step", g_in, generated.detach(), tol=1e-5)
+            elif abs(float(added.std()) - std) > 0.05 * std or abs(float(added.mean())) > 0.05 * std:
+                raise Mismatch(f"batch {b + 1}: instance noise on D's input in G's step has std "
+                               f"{float(added.std()):.4f}, expected {std:.4f}")
             p_fake = torch.sigmoid(float64_net(module.discriminator, d_weights)(generated + added))
             g_loss = g_objective(p_fake, s)
             g_grad = torch.cat([g.flatten() for g in torch.autograd.grad(g_loss, list(g_ref.parameters()))])
