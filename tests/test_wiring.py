@@ -35,13 +35,16 @@ TOL = 2e-4  # relative to the largest expected change; float32 rounding is ~1e-5
 
 
 class TinyImages(TensorDataModule):
-    """Random 28 x 28 images as the splits (the module's data path without reading MNIST). Pixels in [0, 0.6):
-    G's output bias starts at logit(0.3), far from the 0 it is built with."""
+    """Random 28 x 28 images as the splits (the module's data path without reading MNIST). Training pixels in
+    [0, 0.6): G's output bias starts at logit(0.3), far from the 0 it is built with. The first 70 valid rows are
+    drawn like them, the other valid rows and the test rows in [0.25, 0.35): Parzen's sigma picked on one kind of
+    row is not the one picked on the other."""
 
     def load_splits(self):
         gen = torch.Generator().manual_seed(11)
-        return {split: 0.6 * torch.rand(n, 1, 28, 28, generator=gen) for split, n in
-                (("train", 64), ("valid", 300), ("test", 200))}
+        rough = lambda n: 0.6 * torch.rand(n, 1, 28, 28, generator=gen)  # noqa: E731
+        smooth = lambda n: 0.25 + 0.1 * torch.rand(n, 1, 28, 28, generator=gen)  # noqa: E731
+        return {"train": rough(64), "valid": torch.cat([rough(70), smooth(230)]), "test": smooth(200)}
 
 
 class MemoryLogger(Logger):
@@ -465,3 +468,153 @@ def test_resume_with_the_same_experiment_is_accepted(checkpoint, override):
     from advnets.checkpoints import check_resume
 
     assert check_resume(compose(*SMALL, f"ckpt_path={checkpoint}", *([override] if override else []))) == str(checkpoint)
+
+
+# --- evaluation: each per-epoch and final metric reads the rows and the sizes its options name ------------------
+EVAL = ["trainer.limit_val_batches=null", "quality.features=auto", "model.ema_decay=0.5", "parzen.val_samples=150",
+        "parzen.test_samples=130", "dataset.parzen_val_select=40", "dataset.parzen_val_points=60",
+        "dataset.parzen_select=70", "quality.val_samples=300", "quality.test_samples=250",
+        "quality.val_kid_subsets=3", "quality.kid_subsets=4", "quality.kid_subset_size=50"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """One epoch of two batches, its validation, then trainer.test, with spies on what each metric is handed:
+    every Parzen protocol call (stage, centres, selection rows, scored rows) and every image set embedded for
+    the sample-quality metrics (stage, real or fake, images)."""
+    import advnets.metrics.parzen as parzen
+    from advnets.metrics.quality import SampleQuality
+
+    tmp = tmp_path_factory.mktemp("evaluated")
+    cfg = compose(*SMALL, *EVAL, "trainer.max_epochs=1", "trainer.limit_train_batches=2", output_dir=tmp)
+    torch.manual_seed(0)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    logger = MemoryLogger()
+    trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
+    trainer = pl.Trainer(**trainer_args, logger=logger, enable_checkpointing=False)
+    datamodule = TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed)
+    calls = {"parzen": [], "real": [], "fake": []}
+    stage = lambda: "test" if trainer.testing else "val"  # noqa: E731
+    real_protocol, real_update_real, real_update_fake = (parzen.parzen_protocol, SampleQuality.update_real,
+                                                         SampleQuality.update_fake)
+
+    def protocol(centres, select, test, **kwargs):
+        calls["parzen"].append((stage(), centres.clone(), select.clone(), test.clone()))
+        return real_protocol(centres, select, test, **kwargs)
+
+    def update_real(self, images):
+        calls["real"].append((stage(), images.clone()))
+        return real_update_real(self, images)
+
+    def update_fake(self, images):
+        calls["fake"].append((stage(), images.clone()))
+        return real_update_fake(self, images)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(parzen, "parzen_protocol", protocol)
+        mp.setattr(SampleQuality, "update_real", update_real)
+        mp.setattr(SampleQuality, "update_fake", update_fake)
+        trainer.fit(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule)
+    logged = {}
+    for _, metrics in logger.rows:
+        logged.update(metrics)
+    return module, datamodule.splits, calls, logged
+
+
+def test_parzen_metrics_read_their_rows_and_sizes(evaluated):
+    """val/*: parzen.val_samples centres, sigma picked on the first dataset.parzen_val_select valid rows, the next
+    dataset.parzen_val_points scored; test/*: parzen.test_samples centres, sigma on the first dataset.parzen_select
+    valid rows, the test split scored. The centres are G's (and the EMA's) samples of the noise seeded for the
+    estimate, and every logged figure is the protocol computed here on those rows; the wrong rows give others."""
+    from advnets.seeds import derive_seed
+    from parzen_reference import protocol
+
+    module, splits, calls, logged = evaluated
+    valid, test = splits["valid"], splits["test"]
+    rows = {"val": (valid[:40], valid[40:100]), "test": (valid[:70], test)}
+    assert [(stage, len(c)) for stage, c, _, _ in calls["parzen"]] == [("val", 150), ("val", 150), ("test", 130),
+                                                                       ("test", 130)]
+    for (stage, centres, select, scored), which in zip(calls["parzen"], ["raw", "ema", "raw", "ema"]):
+        assert torch.equal(select, rows[stage][0].flatten(1)) and torch.equal(scored, rows[stage][1].flatten(1))
+        n = len(centres)
+        gen = torch.Generator().manual_seed(derive_seed(0, 0, -2))
+        z = (torch.rand(n, 6, generator=gen) * 2 - 1) * math.sqrt(3)
+        with torch.no_grad():
+            assert torch.allclose(centres, module.generator_for(which)(z).flatten(1), atol=1e-6)
+        expected = protocol(centres, *rows[stage])
+        name = f"{stage}/parzen" if which == "raw" else f"{stage}/ema_parzen"
+        assert logged[f"{name}_ll"] == pytest.approx(expected["ll"], rel=1e-6)
+        assert logged[f"{name}_se"] == pytest.approx(expected["se"], rel=1e-5)
+        assert logged[f"{name}_sigma"] == pytest.approx(expected["sigma"], rel=1e-6)  # logged as float32
+        # Sigma picked on other rows (of the other kind), or the two sets swapped: other figures.
+        other_select = valid[100:140] if stage == "val" else test[:70]
+        for wrong in ((other_select, rows[stage][1]), (rows[stage][1], rows[stage][0])):
+            assert abs(protocol(centres, *wrong)["ll"] - expected["ll"]) > 1e-3 * abs(expected["ll"]), (stage, which)
+    raw_val, ema_val = calls["parzen"][0][1], calls["parzen"][1][1]
+    assert (raw_val - ema_val).abs().max() > 1e-3  # the EMA's centres are its own
+    assert logged["val/g_updates"] == logged["test/g_updates"] == 2
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)), written out in float64 with scipy's sqrtm."""
+    import numpy as np
+    import scipy.linalg
+
+    a, b = a.double().numpy(), b.double().numpy()
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(sa @ sb).real
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa + sb - 2 * root))
+
+
+def test_quality_metrics_read_their_split_and_sizes(evaluated):
+    """val/fid: quality.val_samples samples (the first of them the Parzen centres) against the valid split;
+    test/fid: quality.test_samples against the test split; the FID recomputed here from the classifier's
+    features; KID's subsets as quality.val_kid_subsets / kid_subsets / kid_subset_size say."""
+    from advnets.metrics.mnist_classifier import load_mnist_classifier
+
+    module, splits, calls, logged = evaluated
+    assert [(stage, len(x)) for stage, x in calls["real"]] == [("val", 300), ("test", 200)]
+    assert torch.equal(calls["real"][0][1], splits["valid"]) and torch.equal(calls["real"][1][1], splits["test"])
+    assert [(stage, len(x)) for stage, x in calls["fake"]] == [("val", 300), ("val", 300), ("test", 250), ("test", 250)]
+    assert torch.equal(calls["fake"][0][1][:150].flatten(1), calls["parzen"][0][1])
+    classifier = load_mnist_classifier()
+    with torch.no_grad():
+        features = {name: classifier.features_and_logits(x)[0] for name, x in
+                    (("valid", splits["valid"]), ("test", splits["test"]))}
+        for (stage, fake), which in zip(calls["fake"], ["raw", "ema", "raw", "ema"]):
+            right, wrong = ("valid", "test") if stage == "val" else ("test", "valid")
+            expected = frechet_distance(features[right], classifier.features_and_logits(fake)[0])
+            key = f"{stage}/fid" if which == "raw" else f"{stage}/ema_fid"
+            assert logged[key] == pytest.approx(expected, rel=1e-3), key
+            assert abs(frechet_distance(features[wrong], classifier.features_and_logits(fake)[0]) - expected) > 1e-2 * expected
+    quality = module.evaluation.quality
+    assert (quality["val"].kid.subsets, quality["test"].kid.subsets) == (3, 4)
+    result = module.evaluation.last_quality["raw"]
+    assert (result.n_samples, result.n_real, result.kid_subset_size) == (250, 200, 50)
+
+
+def test_parzen_picks_sigma_on_the_selection_rows_only():
+    """Selection rows near the centres (a small sigma wins on them), scored rows far from them (a large one would):
+    the protocol and the metric score the scored rows at the selection rows' sigma, computed here by brute force."""
+    from advnets.metrics import SIGMAS, ParzenLogLikelihood, parzen_protocol
+    from parzen_reference import log_densities
+
+    gen = torch.Generator().manual_seed(5)
+    centres = torch.rand(300, 20, generator=gen, dtype=torch.float64)
+    select = centres[:50] + 0.02 * torch.randn(50, 20, generator=gen, dtype=torch.float64)
+    scored = torch.rand(80, 20, generator=gen, dtype=torch.float64) * 3 - 1
+    right = float(SIGMAS[int(log_densities(select, centres, SIGMAS).mean(1).argmax())])
+    wrong = float(SIGMAS[int(log_densities(scored, centres, SIGMAS).mean(1).argmax())])
+    assert right < wrong  # the two kinds of rows pick different sigmas
+    expected = log_densities(scored, centres, [right])[0]
+    result = parzen_protocol(centres, select, scored)
+    metric = ParzenLogLikelihood()
+    metric.update(centres=centres[:100], select_points=select[:20])
+    metric.update(centres=centres[100:], select_points=select[20:], test_points=scored)
+    for got in (result, metric.compute()):
+        assert got.sigma == right
+        assert got.ll == pytest.approx(float(expected.mean()), rel=1e-9)
+        assert got.se == pytest.approx(float(expected.std(correction=0)) / math.sqrt(80), rel=1e-7)
+        assert (got.n_samples, got.n_points) == (300, 80)
+    assert abs(float(log_densities(scored, centres, [wrong])[0].mean()) - result.ll) > 1.0
