@@ -618,3 +618,78 @@ def test_parzen_picks_sigma_on_the_selection_rows_only():
         assert got.se == pytest.approx(float(expected.std(correction=0)) / math.sqrt(80), rel=1e-7)
         assert (got.n_samples, got.n_points) == (300, 80)
     assert abs(float(log_densities(scored, centres, [wrong])[0].mean()) - result.ll) > 1.0
+
+
+# --- callbacks.collapse: the monitor src/train.py builds from the config ------------------------------------
+class MonitorSpy(pl.Callback):
+    """Added with callbacks.extra: keeps the CollapseMonitor of the trainer src/train.py built."""
+
+    found: list = []
+
+    def on_train_end(self, trainer, module) -> None:
+        from advnets.guards import CollapseMonitor
+
+        MonitorSpy.found = [c for c in trainer.callbacks if isinstance(c, CollapseMonitor)]
+
+
+def train_py(data_dir, tmp_path, *overrides):
+    """src/train.py's train() in this process on real MNIST, 2 batches an epoch, CSV log: its epoch rows."""
+    import csv
+    import importlib.util
+    import signal
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("advnets_train_script", REPO / "src" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = compose(*[o for o in SMALL if not o.startswith("logger=")], "logger=csv", f"paths.data_dir={data_dir}",
+                  "test_after_fit=false", "trainer.limit_train_batches=2", "dataset.batch_size=50",
+                  "callbacks.extra=[{_target_:test_wiring.MonitorSpy}]", *overrides, output_dir=tmp_path)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        script.train(cfg)
+    finally:  # train() installs its preemption handlers: give pytest its own back
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        rows = [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)]
+    (monitor,) = MonitorSpy.found
+    return monitor, rows
+
+
+@pytest.mark.parametrize("case", ["stop_after_two", "smoothed_target_one_epoch"])
+def test_collapse_options_reach_the_monitor_train_py_builds(data_dir, tmp_path, case):
+    """stop_after_two: thresholds every D passes (D(x) > 0, D(G(z)) < 1), epochs=2, stop=true: marked at epoch 2
+    and stopped there (of trainer.max_epochs=3). smoothed_target_one_epoch: loss.real_label=0.5 makes the
+    D(x) threshold 0.5 x 0.5 = 0.25, which D(x) (about 0.35 here) passes and 0.5 would not; epochs=1, stop=false:
+    marked at epoch 1, and training goes on. train/epoch_d_real and _d_fake are the means of the epoch's
+    logged train/d_real and train/d_fake, and train/collapsed follows the rule on them."""
+    if case == "stop_after_two":
+        overrides = ["callbacks.collapse.d_real_above=0.0", "callbacks.collapse.d_fake_below=1.0",
+                     "callbacks.collapse.epochs=2", "callbacks.collapse.stop=true", "trainer.max_epochs=3"]
+        threshold, marked, epochs_run = 0.0, 2, 2
+    else:
+        overrides = ["loss.real_label=0.5", "callbacks.collapse.d_real_above=0.5", "callbacks.collapse.d_fake_below=1.0",
+                     "callbacks.collapse.epochs=1", "callbacks.collapse.stop=false", "trainer.max_epochs=2"]
+        threshold, marked, epochs_run = 0.25, 1, 2
+    monitor, rows = train_py(data_dir, tmp_path, *overrides)
+    assert monitor.d_real_above == pytest.approx(threshold) and monitor.d_fake_below == 1.0
+    epochs = [r for r in rows if "train/collapsed" in r]
+    assert len(epochs) == epochs_run
+    steps = [r for r in rows if "train/d_real" in r and "train/collapsed" not in r and "epoch" in r]
+    streak, collapsed_at = 0, None
+    for e, row in enumerate(epochs):
+        mine = [r for r in steps if r["epoch"] == e and "train/epoch_d_real" not in r]
+        d_real = sum(r["train/d_real"] for r in mine) / len(mine)
+        d_fake = sum(r["train/d_fake"] for r in mine) / len(mine)
+        assert len(mine) == 2
+        assert row["train/epoch_d_real"] == pytest.approx(d_real, rel=1e-6)
+        assert row["train/epoch_d_fake"] == pytest.approx(d_fake, rel=1e-6)
+        if threshold:  # decisive: passed at the smoothed target's threshold, not at the plain one
+            assert threshold < d_real < 2 * threshold
+        streak = streak + 1 if d_real > threshold and d_fake < 1.0 else 0
+        if collapsed_at is None and streak >= monitor.epochs:
+            collapsed_at = e + 1
+        assert row["train/collapsed"] == float(collapsed_at is not None)
+    assert collapsed_at == monitor.collapsed_at == marked
