@@ -693,3 +693,114 @@ def test_collapse_options_reach_the_monitor_train_py_builds(data_dir, tmp_path, 
             collapsed_at = e + 1
         assert row["train/collapsed"] == float(collapsed_at is not None)
     assert collapsed_at == monitor.collapsed_at == marked
+
+
+# --- the random streams: what each batch draws is fixed by (seed, rank, epoch, batch), resumed or not ---------
+class DrawRecorder(pl.Callback):
+    """Per batch (epoch, batch_idx): G's noise draws, the instance noise added to each input of D, and the
+    dropout mask of D's first dropout layer at its first call."""
+
+    def __init__(self):
+        self.draws: dict[tuple[int, int], dict] = {}
+        self.current = None
+
+    def on_train_start(self, trainer, module):
+        real_noise, real_d_input = module.noise, module._d_input
+
+        def noise(n, generator=None, device=None):
+            z = real_noise(n, generator, device)
+            if self.current is not None and generator is None:
+                self.current["z"].append(z.clone())
+            return z
+
+        def d_input(x):
+            out = real_d_input(x)
+            if self.current is not None:
+                self.current["instance_noise"].append((out - x).detach().clone())
+            return out
+
+        def mask(layer, args, out):
+            if self.current is not None and self.current["mask"] is None:
+                self.current["mask"] = (out != 0).clone()
+
+        module.noise, module._d_input = noise, d_input
+        next(m for m in module.discriminator.modules() if isinstance(m, torch.nn.Dropout)).register_forward_hook(mask)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.current = self.draws[trainer.current_epoch + 1, batch_idx] = {"z": [], "instance_noise": [], "mask": None,
+                                                                           "shape": tuple(batch.shape)}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.current = None
+
+
+class SaveAt(pl.Callback):
+    def __init__(self, path, batch_idx):
+        self.path, self.batch_idx = path, batch_idx
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx == self.batch_idx:
+            trainer.save_checkpoint(self.path)
+
+
+def expected_draws(seed, rank, epoch, batch_idx, shape, noise_dim, std, input_dropout):
+    """What batch `batch_idx` of `epoch` (1-based) on `rank` draws, from the seeds alone: from one generator seeded
+    with derive_seed(seed, rank, epoch, batch), D's noise, the instance noise on the real batch and on G(z), G's
+    noise, the instance noise on G's samples; D's dropout masks from the global RNG seeded with the same parts
+    and 7."""
+    from advnets.seeds import derive_seed
+
+    gen = torch.Generator().manual_seed(derive_seed(seed, rank, epoch, batch_idx))
+    n = shape[0]
+    z_d = (torch.rand(n, noise_dim, generator=gen) * 2 - 1) * math.sqrt(3)
+    eps = [std * torch.randn(shape, generator=gen) for _ in range(2)]
+    z_g = (torch.rand(n, noise_dim, generator=gen) * 2 - 1) * math.sqrt(3)
+    eps.append(std * torch.randn(shape, generator=gen))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, rank, epoch, batch_idx, 7))
+        mask = torch.nn.functional.dropout(torch.ones(shape).flatten(1), input_dropout) != 0
+    return {"z": [z_d, z_g], "instance_noise": eps, "mask": mask}
+
+
+def assert_draws(got: dict, expected: dict, where) -> None:
+    assert len(got["z"]) == 2 and len(got["instance_noise"]) == 3, where
+    for a, b in zip(got["z"], expected["z"]):
+        assert torch.allclose(a, b, atol=1e-6), where
+    for a, b in zip(got["instance_noise"], expected["instance_noise"]):
+        assert torch.allclose(a, b, atol=1e-5), where
+    assert torch.equal(got["mask"], expected["mask"]), where
+
+
+def test_each_batch_draws_from_its_seed_and_a_resumed_run_draws_the_same(tmp_path):
+    """Instance noise (std 0.2, annealed over 10^6 G updates: 0.2 x (1 - g / 10^6)) and dropout (input 0.2) on.
+    An uninterrupted epoch of 4 batches, and a run resumed from the checkpoint saved after its batch 2: every batch
+    of both draws what expected_draws computes from (seed 3, rank 0, epoch, batch) alone."""
+    overrides = ["seed=3", "stabilisers.instance_noise_std=0.2", "stabilisers.instance_noise_anneal_updates=1000000",
+                 "model.discriminator.input_dropout=0.2", "model.discriminator.hidden_dropout=0.5",
+                 "trainer.max_epochs=1", "trainer.limit_train_batches=4"]
+    cfg = compose(*SMALL, *overrides, output_dir=tmp_path)
+    runs = {}
+    for name, ckpt in (("straight", None), ("resumed", tmp_path / "mid.ckpt")):
+        torch.manual_seed(0)
+        module = GAN(OmegaConf.to_container(cfg, resolve=True))
+        recorder = DrawRecorder()
+        callbacks = [recorder] + ([SaveAt(tmp_path / "mid.ckpt", 1)] if ckpt is None else [])
+        trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
+        trainer = pl.Trainer(**{**trainer_args, "default_root_dir": tmp_path / name}, logger=False, callbacks=callbacks,
+                             enable_checkpointing=False)
+        trainer.fit(module, datamodule=TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed),
+                    ckpt_path=ckpt)
+        runs[name] = (recorder.draws, module.g_updates)
+    assert sorted(runs["straight"][0]) == [(1, 0), (1, 1), (1, 2), (1, 3)]
+    assert sorted(runs["resumed"][0]) == [(1, 2), (1, 3)] and runs["resumed"][1] == runs["straight"][1] == 4
+    for name, (draws, _) in runs.items():
+        for (epoch, batch_idx), got in draws.items():
+            std = 0.2 * (1 - batch_idx / 1_000_000)  # G updates before this batch: batch_idx (k = 1)
+            expected = expected_draws(3, 0, epoch, batch_idx, got["shape"], 6, std, 0.2)
+            assert_draws(got, expected, (name, epoch, batch_idx))
+    # The seeds' parts matter: another batch, epoch or rank draws otherwise.
+    got = runs["straight"][0][1, 2]
+    for other in ((1, 3, 0), (2, 2, 0), (1, 2, 1)):
+        expected = expected_draws(3, other[2], other[0], other[1], got["shape"], 6, 0.2, 0.2)
+        assert not torch.allclose(got["z"][0], expected["z"][0], atol=1e-6)
+        assert not torch.equal(got["mask"], expected["mask"])
