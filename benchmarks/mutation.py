@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["src/advnets/module.py", "src/advnets/ema.py", "src/advnets/stabilisers.py", "src/advnets/losses.py",
            "src/advnets/metrics/parzen.py", "src/advnets/metrics/quality.py", "src/advnets/guards.py",
            "src/advnets/checkpoints.py", "src/advnets/data/batches.py"]
-# The fast tests that exercise each file (pytest arguments).
+# The fast tests that exercise each file (pytest arguments; -k matches a file's name too: "test_data.py" keeps
+# every test of that file).
 TESTS = {
     "src/advnets/module.py": ["tests/test_wiring.py", "-k", "reaches or ema or draws_from or noise_is", "tests/test_updates.py"],
     "src/advnets/ema.py": ["tests/test_stabilisers.py", "tests/test_wiring.py", "-k", "ema"],
@@ -49,8 +50,8 @@ TESTS = {
     "src/advnets/guards.py": ["tests/test_stabilisers.py", "tests/test_wiring.py", "-k", "collapse or max_time"],
     "src/advnets/checkpoints.py": ["tests/test_wiring.py", "tests/test_reliability.py", "-k",
                                    "resume or experiment_key or another_experiment or ckpt_last_finds or not_a_checkpoint"],
-    "src/advnets/data/batches.py": ["tests/test_data.py", "tests/test_wiring.py", "-k",
-                                    "draws_from or parzen_metrics or sampler or batch or split or reaches"],
+    "src/advnets/data/batches.py": ["tests/test_data.py", "tests/test_tfd.py", "tests/test_wiring.py", "-k",
+                                    "test_data.py or small_valid or draws_from or parzen_metrics or on_device or reaches"],
 }
 
 COMPARE_SWAPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,

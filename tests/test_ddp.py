@@ -2,8 +2,9 @@
 
 Each rank records what it did through RankProbe, a callback the test adds with `callbacks.extra`
 (the subprocess finds it on PYTHONPATH): its first two training batches, the noise they drew (with the
-global RNG state at that moment, which dropout draws from), both nets' parameters around them, the
-Parzen centres it drew for the final estimate, its counters and its final parameters.
+global RNG state at that moment, which dropout draws from), the instance noise added to each input of D
+and the dropout mask of D's first layer, both nets' parameters around them, the Parzen centres it drew for
+the final estimate, its counters and its final parameters.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ BATCHES, K = 20, 2
 # that G's first step is far above float32 rounding (at the paper's 0.005 it moves G's weights by ~1e-8).
 NETS = ["model.generator.layers=[{units:64,activation:relu,irange:0.05}]",
         "model.discriminator.layers=[{units:32,pieces:5,irange:0.1}]", "model.discriminator.output_irange=0.5"]
+# Every random stream on: G's noise, dropout (the paper's, on by default) and instance noise.
+INSTANCE_NOISE = 0.1
 
 
 def nets(module) -> dict:
@@ -36,10 +39,23 @@ class RankProbe(pl.Callback):
     def __init__(self, folder: str):
         self.folder = Path(folder)
         self.step = None  # the 0-based training batch of epoch 1 being recorded, else None
-        self.record = {"batches": [], "noise": [], "params": [], "centres": []}
+        self.record = {"batches": [], "noise": [], "params": [], "centres": [], "instance_noise": [], "masks": []}
 
     def on_train_start(self, trainer, module) -> None:
-        real_noise, real_sample = module.noise, module.sample
+        real_noise, real_sample, real_d_input = module.noise, module.sample, module._d_input
+
+        def d_input(x):
+            out = real_d_input(x)
+            if self.step is not None:
+                self.record["instance_noise"].append((self.step, (out - x).detach().clone()))
+            return out
+
+        def mask(layer, args, out):
+            if self.step is not None and len(self.record["masks"]) == self.step:
+                self.record["masks"].append((out != 0).clone())
+
+        module._d_input = d_input
+        next(m for m in module.discriminator.modules() if isinstance(m, torch.nn.Dropout)).register_forward_hook(mask)
 
         def noise(n, generator=None, device=None):
             rng = torch.get_rng_state()
@@ -84,6 +100,7 @@ def ddp_run(data_dir, tmp_path_factory):
     run_dir = tmp / "run"
     probe = f"callbacks.extra=[{{_target_:test_ddp.RankProbe,folder:'{tmp}'}}]"
     proc = run_script("train.py", "trainer=ddp_cpu", f"k={K}", *tiny_run(data_dir, BATCHES), *NETS, probe,
+                      f"stabilisers.instance_noise_std={INSTANCE_NOISE}",
                       f"hydra.run.dir={run_dir}", env={"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -148,17 +165,20 @@ def test_each_step_is_the_mean_of_the_ranks_gradients(ddp_run):
         return out
 
     def d_loss(rank) -> torch.Tensor:  # D's loss of batch 1 (R1 included), with the rank's dropout masks
-        _, z, rng = rank["noise"][0]
+        _, z, rng = rank["noise"][0]  # and instance noise
         torch.set_rng_state(rng)
         with torch.no_grad():
             fake = module.generator(z)
+        added = iter([eps for step, eps in rank["instance_noise"] if step == 0])
+        module._d_input = lambda x: x + next(added)
         loss = module._discriminator_loss(rank["batches"][0], fake)[2]
         return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(module.discriminator.parameters()))])
 
     def g_loss(rank) -> torch.Tensor:  # G's non-saturating loss of its first step (batch 2), at D after batch 2's D step
         _, z, rng = rank["noise"][2]
         torch.set_rng_state(rng)
-        loss = torch.nn.functional.softplus(-module.discriminator(module.generator(z))).mean()
+        added = [eps for step, eps in rank["instance_noise"] if step == 1][2]  # after the D step's two
+        loss = torch.nn.functional.softplus(-module.discriminator(module.generator(z) + added)).mean()
         return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(module.generator.parameters()))])
 
     d_grads = gradients(before, d_loss)
@@ -169,6 +189,29 @@ def test_each_step_is_the_mean_of_the_ranks_gradients(ddp_run):
         assert close(change, -lr0 * mean), (prefix, (change + lr0 * mean).abs().max() / (lr0 * mean).abs().max())
         for wrong in (-lr0 * 2 * mean, -lr0 * grads[0], -lr0 * grads[1]):
             assert not close(change, wrong), prefix
+
+
+def test_every_random_stream_differs_between_ranks_and_follows_its_seed(ddp_run):
+    """G's noise, the instance noise on every input of D and D's dropout masks, in each rank's first two batches:
+    different on the two ranks, and each rank's what (seed, rank, epoch, batch) alone give (test_wiring's
+    expected_draws), which is what a rank resumed at that batch draws (test_wiring checks a resumed run)."""
+    from test_wiring import assert_draws, expected_draws
+
+    _, ranks = ddp_run
+    for rank_index, rank in enumerate(ranks):
+        for batch_idx, batch in enumerate(rank["batches"]):
+            got = {"z": [z for step, z, _ in rank["noise"] if step == batch_idx],
+                   "instance_noise": [eps for step, eps in rank["instance_noise"] if step == batch_idx],
+                   "mask": rank["masks"][batch_idx]}
+            expected = expected_draws(0, rank_index, 1, batch_idx, tuple(batch.shape), 100, INSTANCE_NOISE, 0.2)
+            assert_draws(got, expected, (rank_index, batch_idx), g_step=batch_idx == K - 1)
+    for step in (0, 1):
+        noise = [[eps for s, eps in rank["instance_noise"] if s == step] for rank in ranks]
+        assert len(noise[0]) == len(noise[1]) == (2 if step == 0 else 3)
+        for a, b in zip(*noise):
+            assert a.std() > 0.09 and torch.cdist(a.flatten(1), b.flatten(1)).min() > 0
+        assert ranks[0]["masks"][step].shape == (100, 784) and not torch.equal(ranks[0]["masks"][step],
+                                                                               ranks[1]["masks"][step])
 
 
 def test_ranks_draw_different_parzen_centres(ddp_run):

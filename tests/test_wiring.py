@@ -162,6 +162,8 @@ class Settings:
     momentum_end: float = 0.7
     momentum_saturate_epoch: int = 250
     max_col_norm: float | None = None
+    optimizer: str = "momentum"
+    betas: tuple[float, float] = (0.5, 0.999)
     k: int = 1
     schedule: str = "alternating"
 
@@ -202,6 +204,24 @@ def momentum_at(epoch: int, s: Settings) -> float:
     return s.momentum_start + (s.momentum_end - s.momentum_start) * frac
 
 
+def lr_at(lr0: float, n: int, s: Settings) -> float:
+    """The lr of update n + 1: lr0 / decay^n, floored at min_lr (the paper's SGD); Adam's is constant."""
+    return max(lr0 / s.lr_decay ** n, s.min_lr) if s.optimizer == "momentum" else lr0
+
+
+def update(state: dict, grad: torch.Tensor, lr0: float, n: int, mu: float, s: Settings) -> torch.Tensor:
+    """The change of a net's weights at its update n + 1. momentum: v = mu v - lr grad, w += v. adam: the
+    bias-corrected first and second moments, w -= lr m / (sqrt(v) + 1e-8)."""
+    if s.optimizer == "momentum":
+        state["v"] = mu * state.get("v", 0.0) - lr_at(lr0, n, s) * grad
+        return state["v"]
+    b1, b2 = s.betas
+    state["m"] = b1 * state.get("m", 0.0) + (1 - b1) * grad
+    state["s"] = b2 * state.get("s", 0.0) + (1 - b2) * grad * grad
+    m_hat, s_hat = state["m"] / (1 - b1 ** (n + 1)), state["s"] / (1 - b2 ** (n + 1))
+    return -lr0 * m_hat / (s_hat.sqrt() + 1e-8)
+
+
 def renormed(weights: dict, s: Settings) -> dict:
     """Max column norm: each unit's incoming weights (a row of every 2-D weight) scaled down to norm <= c."""
     if not s.max_col_norm:
@@ -229,7 +249,7 @@ def check(what: str, actual, expected, tol=TOL):
 
 def replay(module, events, rows, s: Settings) -> None:
     """Every step and every logged training row of the run, recomputed under settings `s`; raises Mismatch."""
-    velocity = {"D": 0.0, "G": 0.0}
+    state = {"D": {}, "G": {}}
     updates = {"D": 0, "G": 0}
     latest_g: dict = {}
     batches = [i for i, (name, _) in enumerate(events) if name == "batch"]
@@ -243,7 +263,7 @@ def replay(module, events, rows, s: Settings) -> None:
         names = [name for name, _ in span]
         noise = [v for n, v in span if n == "noise"]
         d_in = [v for n, v in span if n == "d_in"]
-        mu = momentum_at(epoch, s)
+        mu = momentum_at(epoch, s) if s.optimizer == "momentum" else s.betas[0]
         g_step = "G_pre" in names
         expected_g = (updates["D"] + 1) % s.k == 0 if s.schedule == "alternating" else True
         if g_step != expected_g:
@@ -265,9 +285,8 @@ def replay(module, events, rows, s: Settings) -> None:
         d_ref = float64_net(module.discriminator, d_pre["D"])
         loss, d_real, d_fake, r1 = d_objective(d_ref, real_in, fake_in, s)
         grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(d_ref.parameters()))])
-        lr = max(s.d_lr / s.lr_decay ** updates["D"], s.min_lr)
-        velocity["D"] = mu * velocity["D"] - lr * grad
-        check(f"batch {b + 1}: D's step", flat(d_post["D"]), flat(d_pre["D"]) + velocity["D"])
+        change = update(state["D"], grad, s.d_lr, updates["D"], mu, s)
+        check(f"batch {b + 1}: D's step", flat(d_post["D"]), flat(d_pre["D"]) + change)
         # Then max_col_norm: D's weights once its update is over (G's step leaves them as they are).
         d_after = span[-1][1]["D"]
         check(f"batch {b + 1}: D after its update", flat(d_after), flat(renormed(d_post["D"], s)), 1e-6)
@@ -296,9 +315,8 @@ def replay(module, events, rows, s: Settings) -> None:
             p_fake = torch.sigmoid(float64_net(module.discriminator, d_weights)(generated + added))
             g_loss = g_objective(p_fake, s)
             g_grad = torch.cat([g.flatten() for g in torch.autograd.grad(g_loss, list(g_ref.parameters()))])
-            lr = max(s.g_lr / s.lr_decay ** updates["G"], s.min_lr)
-            velocity["G"] = mu * velocity["G"] - lr * g_grad
-            check(f"batch {b + 1}: G's step", flat(g_post["G"]), flat(g_pre["G"]) + velocity["G"])
+            change = update(state["G"], g_grad, s.g_lr, updates["G"], mu, s)
+            check(f"batch {b + 1}: G's step", flat(g_post["G"]), flat(g_pre["G"]) + change)
             check(f"batch {b + 1}: G after its update", flat(span[-1][1]["G"]), flat(renormed(g_post["G"], s)), 1e-6)
             updates["G"] += 1
             latest_g = {"train/g_loss": g_loss, "train/g_grad_norm": g_grad.norm()}
@@ -306,7 +324,7 @@ def replay(module, events, rows, s: Settings) -> None:
         expected_row.update(latest_g)
         # Counters, and D's lr for its next update and its momentum, as logged after the batch.
         expected_row.update({"train/d_updates": updates["D"], "train/g_updates": updates["G"], "train/momentum": mu,
-                             "train/lr": max(s.d_lr / s.lr_decay ** updates["D"], s.min_lr)})
+                             "train/lr": lr_at(s.d_lr, updates["D"], s)})
         if row is not None:
             check_row(f"batch {b + 1}", row, expected_row)
     # The epoch's row holds its last batch's values.
@@ -345,11 +363,14 @@ CASES = {
     "max_col_norm": (["model.max_col_norm=0.3"], {}, Settings(max_col_norm=0.3)),
     "k": (["k=2"], {"batches": 4}, Settings(k=2)),
     "simultaneous": (["schedule=simultaneous"], {}, Settings(schedule="simultaneous")),
+    "adam": (["optimizer=adam", "optimizer.lr=0.01", "optimizer.betas=[0.3,0.9]"], {"batches": 3},
+             Settings(optimizer="adam", d_lr=0.01, g_lr=0.01, betas=(0.3, 0.9))),
     # Logged batches without a G update show G's latest update, not one many steps back.
     "log_every": (["k=3", "trainer.log_every_n_steps=2"], {"batches": 10}, Settings(k=3)),
 }
 # The default setting of each case's option, for the replay that must not match.
-DEFAULT_OF = {"lr": Settings(), "min_lr": Settings(lr_decay=10), "momentum_end": Settings(momentum_saturate_epoch=2)}
+DEFAULT_OF = {"lr": Settings(), "min_lr": Settings(lr_decay=10), "momentum_end": Settings(momentum_saturate_epoch=2),
+              "adam": Settings(optimizer="adam", d_lr=0.01, g_lr=0.01)}  # Adam's default betas
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -728,7 +749,8 @@ class DrawRecorder(pl.Callback):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.current = self.draws[trainer.current_epoch + 1, batch_idx] = {"z": [], "instance_noise": [], "mask": None,
-                                                                           "shape": tuple(batch.shape)}
+                                                                           "shape": tuple(batch.shape),
+                                                                           "batch": batch.clone()}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.current = None
@@ -762,8 +784,9 @@ def expected_draws(seed, rank, epoch, batch_idx, shape, noise_dim, std, input_dr
     return {"z": [z_d, z_g], "instance_noise": eps, "mask": mask}
 
 
-def assert_draws(got: dict, expected: dict, where) -> None:
-    assert len(got["z"]) == 2 and len(got["instance_noise"]) == 3, where
+def assert_draws(got: dict, expected: dict, where, g_step: bool = True) -> None:
+    """The draws of a batch with a G step (or, g_step=False, of a batch with D's step only) are the expected."""
+    assert (len(got["z"]), len(got["instance_noise"])) == ((2, 3) if g_step else (1, 2)), where
     for a, b in zip(got["z"], expected["z"]):
         assert torch.allclose(a, b, atol=1e-6), where
     for a, b in zip(got["instance_noise"], expected["instance_noise"]):
@@ -793,8 +816,12 @@ def test_each_batch_draws_from_its_seed_and_a_resumed_run_draws_the_same(tmp_pat
         runs[name] = (recorder.draws, module.g_updates)
     assert sorted(runs["straight"][0]) == [(1, 0), (1, 1), (1, 2), (1, 3)]
     assert sorted(runs["resumed"][0]) == [(1, 2), (1, 3)] and runs["resumed"][1] == runs["straight"][1] == 4
+    # The batches too: rows b*8 .. b*8 + 7 of the epoch's permutation, drawn from seed * 1_000_003 + (epoch - 1).
+    train = TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed).load_splits()["train"]
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(3 * 1_000_003 + 0))
     for name, (draws, _) in runs.items():
         for (epoch, batch_idx), got in draws.items():
+            assert torch.equal(got["batch"], train[order[batch_idx * BATCH:(batch_idx + 1) * BATCH]]), (name, batch_idx)
             std = 0.2 * (1 - batch_idx / 1_000_000)  # G updates before this batch: batch_idx (k = 1)
             expected = expected_draws(3, 0, epoch, batch_idx, got["shape"], 6, std, 0.2)
             assert_draws(got, expected, (name, epoch, batch_idx))
@@ -804,3 +831,28 @@ def test_each_batch_draws_from_its_seed_and_a_resumed_run_draws_the_same(tmp_pat
         expected = expected_draws(3, other[2], other[0], other[1], got["shape"], 6, 0.2, 0.2)
         assert not torch.allclose(got["z"][0], expected["z"][0], atol=1e-6)
         assert not torch.equal(got["mask"], expected["mask"])
+
+
+@pytest.mark.parametrize("max_time, seconds", [(None, None), ("01:02:03:04", 93784.0), ("00:00:00:01", 1.0),
+                                               ({"days": 1, "hours": 2, "minutes": 3, "seconds": 4}, 93784.0),
+                                               ({"weeks": 1, "minutes": 0.5}, 604830.0)])
+def test_max_time_in_seconds(max_time, seconds):
+    """trainer.max_time as the preemption handler reads it: DD:HH:MM:SS, or a dict of units."""
+    from advnets.guards import parse_max_time
+
+    assert parse_max_time(max_time) == seconds
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_on_device_chooses_the_training_loader(on_device):
+    """dataset.on_device=true: the training split as one tensor batched by index (TensorBatches); false: a torch
+    DataLoader over the same index batches (the batches are compared in tests/test_data.py)."""
+    from torch.utils.data import DataLoader
+
+    from advnets.data import TensorBatches
+
+    cfg = compose(*SMALL, f"dataset.on_device={str(on_device).lower()}")
+    datamodule = TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    assert isinstance(loader, TensorBatches) == on_device and isinstance(loader, DataLoader) != on_device
