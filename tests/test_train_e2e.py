@@ -30,8 +30,8 @@ def test_run_writes_checkpoint_and_samples(trained):
     ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["counters"] == {"d_updates": 30, "g_updates": 15}
     assert ckpt["state_dict"]["fixed_z"].shape == (100, 100)
-    # The EMA of G (default decay 0.9999) is in the checkpoint, and after 15 G updates from G's start it
-    # sits 1 - 0.9999^15 of the way from there to G: not G itself.
+    # The EMA of G (default decay 0.995, ramp-up 0.05) is in the checkpoint; after 15 G updates its half-life
+    # is 0.05 * 15 = 0.75 updates, so it holds 0.5^(1/0.75) = 40% of the average before: not G itself.
     state = ckpt["state_dict"]
     ema_keys = [k for k in state if k.startswith("generator_ema.generator.")]
     assert len(ema_keys) == len([k for k in state if k.startswith("generator.")]) > 0
@@ -99,8 +99,8 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
     assert f"{report['ll']:.1f} ± {report['se']:.1f}" in proc.stdout
     # The EMA of G: its own row and its own block, from the same noise, labelled as ours.
     ema = report["ema"]
-    assert ema["decay"] == 0.9999 and ema["n_samples"] == 1000 and ema["n_points"] == 10000
-    assert f"| Adversarial nets (ours, EMA of G, decay 0.9999: " in proc.stdout
+    assert ema["decay"] == 0.995 and ema["n_samples"] == 1000 and ema["n_points"] == 10000
+    assert f"| Adversarial nets (ours, EMA of G, decay 0.995, ramp-up 0.05: " in proc.stdout
     assert f"{ema['ll']:.1f} ± {ema['se']:.1f}" in proc.stdout and ema["ll"] != report["ll"]
     assert (tmp_path / "eval" / "figures" / "figure_2.png").is_file()
     # The sample-quality table: the real-data reference, then G and its EMA, labelled classifier-based.

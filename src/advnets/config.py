@@ -56,6 +56,17 @@ def check_additions(cfg: DictConfig) -> None:
     decay = cfg.model.get("ema_decay")
     if decay is not None and not 0.0 < float(decay) < 1.0:
         raise UserError(f"model.ema_decay must be in (0, 1) (null: no EMA of G), got {decay}")
+    anneal = cfg.optimizer.get("anneal_epochs")
+    if anneal is not None:
+        max_epochs = int(cfg.trainer.max_epochs if cfg.trainer.max_epochs is not None else -1)
+        if not isinstance(anneal, int) or anneal < 1:
+            raise UserError(f"optimizer.anneal_epochs must be an integer >= 1 (null: no anneal), got {anneal!r}")
+        if max_epochs < anneal:
+            raise UserError(f"optimizer.anneal_epochs={anneal} anneals over the last epochs of trainer.max_epochs, "
+                            f"which is {max_epochs}: set trainer.max_epochs >= {anneal}")
+    rampup = cfg.model.get("ema_rampup")
+    if rampup is not None and float(rampup) <= 0:
+        raise UserError(f"model.ema_rampup must be > 0 (null: no ramp-up), got {rampup}")
 
 
 def check_devices(trainer_cfg: DictConfig) -> None:

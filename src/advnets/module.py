@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -16,9 +17,11 @@ from advnets.losses import discriminator_loss, generator_loss
 from advnets.metrics import build_evaluation
 from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
 from advnets.nets.stages import init_from, load_generator_tail
-from advnets.optim import build_optimizer, start_epoch
+from advnets.optim import anneal_factor, anneal_lr, apply_config, build_optimizer, start_epoch
 from advnets.seeds import derive_seed
 from advnets.stabilisers import build_stabilisers
+
+log = logging.getLogger(__name__)
 
 def draw_noise(n: int, dim: int, kind: str, generator: torch.Generator, device: torch.device | str) -> Tensor:
     """The one place noise is drawn. uniform: U(-sqrt 3, sqrt 3)^dim (unit variance); normal: N(0, I)."""
@@ -52,7 +55,8 @@ class GAN(pl.LightningModule):
         self.discriminator = build_discriminator(self.cfg.model, self.shape)
         # Optional (None: off): the averaged G, sampled from beside G; R1 on real data; noise on D's inputs.
         ema_decay = self.cfg.model.get("ema_decay")
-        self.generator_ema = GeneratorEMA(self.generator, float(ema_decay)) if ema_decay else None
+        self.generator_ema = (GeneratorEMA(self.generator, float(ema_decay), self.cfg.model.get("ema_rampup"))
+                              if ema_decay else None)
         self.r1, self.instance_noise = build_stabilisers(self.cfg.get("stabilisers") or {})
         if self.cfg.model.get("compile"):
             # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are.
@@ -124,6 +128,13 @@ class GAN(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._fit_start = time.monotonic()
+        if self.trainer.ckpt_path is not None:
+            # The restored optimisers carry the checkpoint's settings: this command's optimizer.* values win.
+            opt = self.cfg.optimizer
+            for net, wrapper, lr in (("D", self.optimizers()[0], opt.get("d_lr")), ("G", self.optimizers()[1], opt.get("g_lr"))):
+                changed = apply_config(wrapper.optimizer, opt, lr)
+                if changed:
+                    log.info("Resumed %s optimiser with this command's settings: %s", net, ", ".join(changed))
 
     def on_train_epoch_start(self) -> None:
         for opt in self.optimizers():
@@ -136,6 +147,12 @@ class GAN(pl.LightningModule):
         epoch = self.current_epoch + 1
         self._noise_gen = self.seeded_generator(epoch, batch_idx)
         torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, 7))
+        anneal_epochs = self.cfg.optimizer.get("anneal_epochs")
+        if anneal_epochs:  # a function of the position in training alone, so a resume anneals as the run would
+            factor = anneal_factor(self.current_epoch + batch_idx / self.trainer.num_training_batches,
+                                   int(self.trainer.max_epochs), int(anneal_epochs))
+            for opt in self.optimizers():
+                anneal_lr(opt.optimizer, factor)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         d_opt, g_opt = self.optimizers()
@@ -190,8 +207,8 @@ class GAN(pl.LightningModule):
         self._measure_generator_gradient()
         g_opt.step()
         self._after_update(self.generator)
-        self._update_ema()
         self.g_updates += 1
+        self._update_ema()
         self._last["g_loss"] = g_loss.detach()
 
     def _generator_loss_and_grad(self, fake: Tensor, fake_logits: Tensor | None = None, fake_in: Tensor | None = None):
@@ -223,9 +240,9 @@ class GAN(pl.LightningModule):
         g_opt.step()
         self._after_update(self.discriminator)
         self._after_update(self.generator)
-        self._update_ema()
         self.d_updates += 1
         self.g_updates += 1
+        self._update_ema()
         self._last.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
                           d_real=torch.sigmoid(real_logits.detach()).mean(),
                           d_fake=torch.sigmoid(fake_logits.detach()).mean())
@@ -244,7 +261,7 @@ class GAN(pl.LightningModule):
 
     def _update_ema(self) -> None:
         if self.generator_ema is not None:
-            self.generator_ema.update(self.generator)
+            self.generator_ema.update(self.generator, self.g_updates)
 
     def _train_metrics(self) -> dict[str, Any]:
         group = self.optimizers()[0].optimizer.param_groups[0]
