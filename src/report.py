@@ -209,7 +209,9 @@ def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None
                if b is not None]
     for _, _, name in budgets:
         head += f" val/parzen_ll {name} | val/ema_parzen_ll {name} |"
+    # Parzen alone rewards blur: every row gives the sample-quality figures of the same runs beside it.
     head += " test/parzen_ll | test/ema_parzen_ll | val/fid | val/ema_fid | test/fid | test/ema_fid |"
+    head += " test/kid | test/ema_kid | test/classes_covered | test/ema_classes_covered |"
     lines = ["Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)) of each setting's runs.\n", head,
              "|" + "---|" * (head.count("|") - 1)]
     for label, group in settings(runs).items():
@@ -236,7 +238,8 @@ def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None
                 row += f" {fmt(values) if len(values) == len(group) else '-'} |"
         row += f" {fmt(final('test/parzen_ll'))} | {fmt(final('test/ema_parzen_ll'))} |"
         row += (f" {fmt(at(last, 'val/fid'), 2)} | {fmt(at(last, 'val/ema_fid'), 2)} | {fmt(final('test/fid'), 2)} |"
-                f" {fmt(final('test/ema_fid'), 2)} |")
+                f" {fmt(final('test/ema_fid'), 2)} | {fmt(final('test/kid'), 4)} | {fmt(final('test/ema_kid'), 4)} |"
+                f" {fmt(final('test/classes_covered'), 1)} | {fmt(final('test/ema_classes_covered'), 1)} |")
         lines.append(row)
     return "\n".join(lines) + "\n"
 

@@ -103,7 +103,8 @@ def test_report_shows_the_fid_beside_parzen(tmp_path):
     report.main([str(run)])
     text = (run / "report.md").read_text()
     assert "| val/fid | val/ema_fid | test/fid | test/ema_fid |" in text
-    assert "| 40.10 | 45.50 | 38.00 | 44.00 |" in text  # last epoch's val/fid, then test/fid (one seed: no s.e.)
+    assert "| 40.10 | 45.50 | 38.00 | 44.00 | 7.5000 | - | 9.0 | - |" in text  # last epoch's val/fid, then test/*
+    # (one seed: no s.e.); no EMA figures at test: "-"
     assert "| 38.000 | 7.50000 +- 1.25000 | 9 |" in text
 
 
