@@ -94,9 +94,9 @@ def read_run(folder: Path) -> Run:
 
 
 def job_number(folder: Path) -> int:
-    """A multirun job folder's number (its name starts `N_`); -1 for other folders."""
+    """A multirun job folder's number (its name is `N`, or `N_<overrides>` in sweeps of older code); -1 for others."""
     head = folder.name.split("_")[0]
-    return int(head) if head.isdigit() and "_" in folder.name else -1
+    return int(head) if head.isdigit() and (head == folder.name or "_" in folder.name) else -1
 
 
 def find_runs(dirs: list[Path]) -> list[Run]:
