@@ -59,6 +59,13 @@ def test_bad_numbers(log_dir, arg, text):
     assert text in refused(log_dir, arg)
 
 
+def test_k_with_the_simultaneous_schedule(log_dir):
+    """The simultaneous step makes one D and one G update per minibatch: a k there would be ignored."""
+    msg = refused(log_dir, "experiment=mnist", "k=5")
+    assert msg == ("error: schedule=simultaneous makes one D and one G update per minibatch, so k must be 1 there, "
+                   "got k=5; k D-steps per G-step is Algorithm 1: schedule=alternating")
+
+
 def test_output_folder_not_writable(log_dir, tmp_path):
     blocked = tmp_path / "a_file"
     blocked.write_text("")

@@ -24,6 +24,9 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"k must be an integer >= 1 (discriminator steps per generator step), got {cfg.k!r}")
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.schedule == "simultaneous" and cfg.k != 1:  # the step would ignore k: a k sweep of identical runs
+        raise UserError(f"schedule=simultaneous makes one D and one G update per minibatch, so k must be 1 there, got "
+                        f"k={cfg.k}; k D-steps per G-step is Algorithm 1: schedule=alternating")
     if cfg.loss.generator not in GENERATOR_LOSSES:
         raise UserError(f"loss.generator must be one of {', '.join(GENERATOR_LOSSES)}, got {cfg.loss.generator!r}")
     if int(cfg.dataset.batch_size) < 1:
