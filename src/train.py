@@ -41,10 +41,12 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from advnets.data import build_datamodule
     from advnets.errors import Preempted
     from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint, parse_max_time
+    from advnets.lightning_internals import keep_noise_out_of_logs
     from advnets.loggers import build_loggers, wandb_run_id
     from advnets.module import GAN
     from advnets.progress import ProgressLines
 
+    keep_noise_out_of_logs()  # Lightning's litlogger tip and known deprecation warnings of its dependencies
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
     datamodule.prepare_data()

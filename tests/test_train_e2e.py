@@ -21,7 +21,15 @@ def trained(data_dir, tmp_path_factory):
                       "parzen.val_samples=500", "parzen.test_samples=1000", "quality.val_samples=500",
                       "quality.test_samples=1000", "quality.kid_subsets=10", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir.parent / "output.txt").write_text(proc.stdout + proc.stderr)
     return run_dir
+
+
+def test_run_logs_leave_out_lightnings_tip_and_known_deprecation_noise(trained):
+    output, job_log = (trained.parent / "output.txt").read_text(), (trained / "train.log").read_text()
+    for log in (output, job_log):
+        assert "litlogger" not in log and "LeafSpec" not in log
+        assert "`Trainer.fit` stopped: `max_epochs=1` reached." in log  # Lightning's other lines are kept
 
 
 def test_run_writes_checkpoint_and_samples(trained):

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from advnets.errors import Preempted, TrainingDiverged
+from advnets.lightning_internals import write_step_metrics_now
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -93,7 +94,7 @@ class PreemptionHandler(pl.Callback):
         if reason is None:
             return
         # This batch's step metrics: Lightning writes them after the batch-end hooks, which stop here.
-        trainer._logger_connector.update_train_step_metrics()
+        write_step_metrics_now(trainer)
         dirpath = Path(trainer.checkpoint_callback.dirpath)
         path, tmp = dirpath / "last.ckpt", dirpath / ".last.ckpt.partial"
         trainer.save_checkpoint(tmp)  # then renamed: a kill during the save leaves the old last.ckpt whole

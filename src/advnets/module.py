@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from advnets.ema import GeneratorEMA
+from advnets.lightning_internals import logs_this_step
 from advnets.losses import discriminator_loss, generator_loss
 from advnets.metrics import build_evaluation
 from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
@@ -146,7 +147,7 @@ class GAN(pl.LightningModule):
             if self.d_updates % self.k == 0:
                 self._generator_step(len(batch), g_opt)
         # Only build the metrics dict on the steps Lightning will actually write (log_every_n_steps).
-        if self.trainer._logger_connector.should_update_logs:
+        if logs_this_step(self):
             self._log_train()
 
     def _discriminator_step(self, real: Tensor, d_opt) -> None:
@@ -233,8 +234,7 @@ class GAN(pl.LightningModule):
     def _measure_generator_gradient(self) -> None:
         """train/g_grad_norm, the norm of G's gradient, on the steps that are logged: it shows log(1 - D(G(z)))
         saturating early in training, the paper's reason for the non-saturating loss (docs/theory.md)."""
-        trainer = self._trainer
-        if trainer is not None and trainer._logger_connector.should_update_logs:
+        if logs_this_step(self):
             grads = [p.grad for p in self.generator.parameters() if p.grad is not None]
             self._last["g_grad_norm"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
