@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from advnets.config import NOT_A_SETTING
 from advnets.errors import UserError, user_errors
 
 
@@ -145,16 +146,14 @@ def table(runs: list[Run]) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
-# Overrides that do not change what is trained up to a given epoch: how long a run goes, what it saves or
-# shows, whether a collapsed run stops. Runs that differ only in these (and the seed) are one setting, so a
-# 30-epoch run and a 15-epoch run of the same settings are seeds of one row.
-NOT_A_SETTING = ("seed=", "trainer.max_epochs=", "trainer.enable_progress_bar=", "callbacks.checkpoint.",
-                 "callbacks.collapse.stop=")
-
-
 def setting_of(run: Run) -> tuple[str, ...]:
-    """A run's overrides without its seed and NOT_A_SETTING: the runs of one setting differ only in these."""
-    return tuple(o for o in run.overrides if not o.startswith(NOT_A_SETTING))
+    """A run's overrides without advnets.config.NOT_A_SETTING (the seed, the run's length...): the runs of one
+    setting differ only in those."""
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    return tuple(o for o in run.overrides
+                 if not any(key(o) == k or key(o).startswith(k + ".") for k in NOT_A_SETTING))
 
 
 def settings(runs: list[Run]) -> dict[str, list[Run]]:

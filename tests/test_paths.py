@@ -142,7 +142,7 @@ def test_divergence_guard_stops_on_a_non_finite_parameter(tmp_path, value):
                          callbacks=[PoisonAfterStep(1, value), DivergenceGuard()])
     with pytest.raises(TrainingDiverged) as e:
         trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(40, 10, seed=0)))
-    assert all(torch.isfinite(v).all() for k, v in module._last.items() if k.endswith("_loss"))
+    assert all(torch.isfinite(v).all() for k, v in module.step_record.items() if k.endswith("_loss"))
     assert str(e.value) == ("training diverged: non-finite parameters at D update 2, G update 2 (epoch 1, batch 2); "
                             "last good checkpoint: none saved yet; try a lower optimizer.lr")
 
