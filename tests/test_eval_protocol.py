@@ -30,12 +30,12 @@ N_SAMPLES = 200
 def evaluate(*overrides: str, output_dir):
     """src/eval.py's run() on conf/eval.yaml composed with `overrides`, as its main() runs it: (parzen.json,
     the (centres, select, test) of every protocol call it made)."""
-    import advnets.metrics
-
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
+
+    import advnets.metrics
 
     spec = importlib.util.spec_from_file_location("advnets_eval_script", REPO / "src" / "eval.py")
     script = importlib.util.module_from_spec(spec)

@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from advnets.data import build_datamodule
-from advnets.module import GAN
 from advnets.errors import UserError
+from advnets.module import GAN
 from conftest import compose
 from test_tfd import write_tfd
 

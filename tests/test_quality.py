@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from advnets.errors import UserError
 from advnets.metrics.mnist_classifier import WEIGHTS, accuracy, load_mnist_classifier
 from advnets.metrics.quality import SampleQuality
-from advnets.errors import UserError
 from conftest import run_script
 from test_cifar10 import write_cifar
 

@@ -204,6 +204,7 @@ def test_the_plot_draws_the_mean_with_its_band_only_where_every_seed_has_a_value
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     import report
 
     fig, ax = plt.subplots()

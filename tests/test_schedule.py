@@ -1,6 +1,5 @@
 """Algorithm 1 and the simultaneous update, counted on a real Trainer over real MNIST batches."""
 
-import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf

@@ -10,8 +10,7 @@ from scipy import integrate, stats
 
 from advnets.data.batches import EpochBatchSampler
 from advnets.data.line import FreshBatches, GaussianMixture, LineDataModule
-from advnets.metrics.theory import (LOG4, histogram_masses, jensen_shannon, optimal_discriminator, theory_metrics,
-                                    value)
+from advnets.metrics.theory import LOG4, histogram_masses, jensen_shannon, optimal_discriminator, theory_metrics, value
 from conftest import compose
 
 EDGES = torch.linspace(-8.0, 10.0, 18001, dtype=torch.float64)  # bins of 0.001

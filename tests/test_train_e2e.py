@@ -108,7 +108,7 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
     # The EMA of G: its own row and its own block, from the same noise, labelled as ours.
     ema = report["ema"]
     assert ema["decay"] == 0.9999 and ema["n_samples"] == 1000 and ema["n_points"] == 10000
-    assert f"| Adversarial nets (ours, EMA of G, decay 0.9999: " in proc.stdout
+    assert "| Adversarial nets (ours, EMA of G, decay 0.9999: " in proc.stdout
     assert f"{ema['ll']:.1f} ± {ema['se']:.1f}" in proc.stdout and ema["ll"] != report["ll"]
     assert (tmp_path / "eval" / "figures" / "figure_2.png").is_file()
     # The sample-quality table: the real-data reference, then G and its EMA, labelled classifier-based.

@@ -22,6 +22,12 @@ NOT_IN_RUN_NAME = ("ckpt_path", "paths.data_dir", "paths.log_dir", "hydra.run.di
 NOT_A_SETTING = ("seed", "trainer.max_epochs", "trainer.enable_progress_bar", "callbacks.checkpoint",
                  "callbacks.collapse.stop")
 
+def mnist_mirror() -> Path:
+    """conf/paths/default.yaml's mnist_mirror, for code that composes no config (the tests, the benchmarks)."""
+    paths = OmegaConf.create({"paths": OmegaConf.load(REPO_ROOT / "conf" / "paths" / "default.yaml")}).paths
+    return Path(paths.mnist_mirror)
+
+
 for _name, _resolve in (("repo_root", lambda: str(REPO_ROOT)), ("not_in_run_name", lambda: list(NOT_IN_RUN_NAME))):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolve)

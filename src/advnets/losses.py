@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, scale: float = 0.5, real_label: float = 1.0) -> Tensor:
     """-scale * [mean log D(x) + mean log(1 - D(G(z)))]: D ascends V. The official code uses scale 0.5.
 

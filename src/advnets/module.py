@@ -18,8 +18,7 @@ from advnets.nets import apply_max_col_norm, build_discriminator, build_generato
 from advnets.nets.stages import init_from, load_generator_tail
 from advnets.noise import draw_noise
 from advnets.optim import build_optimizer, start_epoch
-from advnets import seeds
-from advnets.seeds import derive_seed
+from advnets.seeds import DROPOUT_MASKS, SAMPLES, derive_seed
 from advnets.stabilisers import build_stabilisers
 
 
@@ -94,7 +93,7 @@ class GAN(pl.LightningModule):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, batch: int = 2000, which: str = "raw") -> Tensor:
         """n samples from G, or from its average (`which="ema"`), drawn in chunks to bound memory."""
-        gen = generator if generator is not None else self.seeded_generator(seeds.SAMPLES)
+        gen = generator if generator is not None else self.seeded_generator(SAMPLES)
         net = self.generator_for(which)
         return torch.cat([net(self.noise(min(batch, n - i), gen)) for i in range(0, n, batch)])
 
@@ -132,7 +131,7 @@ class GAN(pl.LightningModule):
         # even mid-epoch, draws exactly what the uninterrupted run drew there.
         epoch = self.current_epoch + 1
         self._noise_gen = self.seeded_generator(epoch, batch_idx)
-        torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, seeds.DROPOUT_MASKS))
+        torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, DROPOUT_MASKS))
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         d_opt, g_opt = self.optimizers()

@@ -8,7 +8,8 @@ index batches through a standard DataLoader instead, for data that would not fit
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytorch_lightning as pl
 import torch

@@ -10,6 +10,7 @@ from advnets.metrics.parzen import (
     parzen_sigma_search,
 )
 
+
 def _images(cfg, has_ema: bool):
     """The Parzen estimate, sample quality, sample grids, Figures 2 and 3 (advnets.metrics.images)."""
     from advnets.metrics.images import ImageEvaluation

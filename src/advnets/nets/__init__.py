@@ -8,7 +8,6 @@ from torch import nn
 from advnets.nets import conv, mlp
 from advnets.nets.mlp import Generator, Maxout, MaxoutDiscriminator, apply_max_col_norm
 
-
 # model.name -> (G's builder, D's builder): the one list of model families (each has conf/model/<name>.yaml).
 NETS = {
     "maxout": (mlp.build_generator, mlp.build_discriminator),
