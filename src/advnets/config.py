@@ -1,4 +1,5 @@
-"""The run config: the `repo_root` resolver conf/ uses, and the checks that refuse settings which cannot train."""
+"""The run config: the resolvers conf/ uses, which overrides name a run, and the checks that refuse settings which
+cannot train (each range checked here once; each choice against the registry beside its builder)."""
 
 from __future__ import annotations
 
@@ -22,15 +23,16 @@ NOT_IN_RUN_NAME = ("ckpt_path", "paths.data_dir", "paths.log_dir", "hydra.run.di
 NOT_A_SETTING = ("seed", "trainer.max_epochs", "trainer.enable_progress_bar", "callbacks.checkpoint",
                  "callbacks.collapse.stop")
 
+for _name, _resolve in (("repo_root", lambda: str(REPO_ROOT)), ("not_in_run_name", lambda: list(NOT_IN_RUN_NAME))):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolve)
+
+
 def mnist_mirror() -> Path:
     """conf/paths/default.yaml's mnist_mirror, for code that composes no config (the tests, the benchmarks)."""
     paths = OmegaConf.create({"paths": OmegaConf.load(REPO_ROOT / "conf" / "paths" / "default.yaml")}).paths
     return Path(paths.mnist_mirror)
 
-
-for _name, _resolve in (("repo_root", lambda: str(REPO_ROOT)), ("not_in_run_name", lambda: list(NOT_IN_RUN_NAME))):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _resolve)
 
 # The update schedules GAN.training_step implements (here, so that checking a config imports no Lightning).
 SCHEDULES = ("alternating", "simultaneous")
