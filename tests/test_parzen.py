@@ -299,6 +299,7 @@ def parzen_mnist(tmp_path_factory):
     return train.reshape(len(train), -1).float() / 255, test.reshape(len(test), -1).float() / 255
 
 
+@pytest.mark.slow
 def test_true_data_reference_on_mnist(parzen_mnist):
     train, test = parzen_mnist
     assert train.shape == (60000, 784) and test.shape == (10000, 784)
@@ -311,6 +312,7 @@ def test_true_data_reference_on_mnist(parzen_mnist):
 
 
 # --- the benchmark ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_benchmark_tiny_runs():
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "parzen.py"), "--tiny"],

@@ -160,6 +160,7 @@ class SigtermInValidation(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_sigterm_during_validation_stops_with_the_last_epoch_checkpoint(data_dir, tmp_path):
     """`python src/train.py`, SIGTERM arriving in epoch 2's validation (after its training batches): exit 143,
     no traceback, no test run, and the message names last.ckpt, which is epoch 1's checkpoint, whole (the

@@ -33,6 +33,7 @@ def sweep(data_dir, tmp_path_factory):
     return sweep
 
 
+@pytest.mark.slow
 def test_each_job_is_its_own_wandb_run_in_the_sweep_group(sweep):
     jobs = job_folders(sweep)
     assert [p.name for p in jobs] == ["0", "1"]
@@ -52,6 +53,7 @@ def test_each_job_is_its_own_wandb_run_in_the_sweep_group(sweep):
         assert summary["summary"]["train/g_updates"] == BATCHES // k
 
 
+@pytest.mark.slow
 def test_report_tabulates_and_plots_the_sweep(sweep):
     proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -76,6 +78,7 @@ def test_report_refuses_a_folder_without_runs(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: no runs in") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_ddp_jobs(data_dir, tmp_path):
     """Each job in a joblib worker; Lightning's DDP launcher starts the second rank of each."""
     sweep = tmp_path / "joblib"

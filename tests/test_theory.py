@@ -121,6 +121,7 @@ def test_line_datamodule_from_the_real_config():
                                               / cfg.dataset.grid.bins / 2)
 
 
+@pytest.mark.slow
 def test_proposition_1_the_projects_d_step_on_fresh_batches_reaches_d_star(tmp_path):
     """G frozen at a known distribution (a linear G of Gaussian noise: p_g = N(b, w^2)); D trained by the
     module's own D steps (k larger than the run, so G never steps) through a real Trainer on fresh batches."""
@@ -182,6 +183,7 @@ def _rows(run_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_the_1d_experiment_logs_every_theory_metric_each_epoch(figure1_run):
     rows = _rows(figure1_run)
     val = [r for r in rows if r.get("val/jsd")]
@@ -201,6 +203,7 @@ def test_the_1d_experiment_logs_every_theory_metric_each_epoch(figure1_run):
     assert not (figure1_run / "samples").exists()
 
 
+@pytest.mark.slow
 def test_the_1d_experiment_draws_figure_1_and_writes_the_arrays(figure1_run):
     from PIL import Image
 
@@ -222,6 +225,7 @@ def test_the_1d_experiment_draws_figure_1_and_writes_the_arrays(figure1_run):
             assert float(r["d_star"]) == pytest.approx(p / (p + q), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_the_1d_run_reaches_wandb_and_eval_refuses_it_with_a_pointer(figure1_run):
     from conftest import run_script, wandb_summary
 
@@ -277,6 +281,7 @@ def test_g_grad_norm_is_the_norm_of_g_gradient_and_only_measured_on_logged_steps
         assert "g_grad_norm" not in module.step_record
 
 
+@pytest.mark.slow
 def test_the_k_study_command_as_typed_runs_a_sweep_that_report_summarises(tmp_path):
     """`train.py experiment=figure1 -m k=1,2 seed=0` (the flag after an override, as the issue types it):
     one job per k, then src/report.py's theory table with one row per k."""
