@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from advnets.config import NOT_A_SETTING
 from advnets.errors import UserError, user_errors
 
 
@@ -122,9 +123,9 @@ def read_evals(folder: Path) -> dict[int, dict[str, dict[str, float]]]:
 
 
 def job_number(folder: Path) -> int:
-    """A multirun job folder's number (its name starts `N_`); -1 for other folders."""
+    """A multirun job folder's number (its name is `N`, or `N_<overrides>` in sweeps of older code); -1 for others."""
     head = folder.name.split("_")[0]
-    return int(head) if head.isdigit() and "_" in folder.name else -1
+    return int(head) if head.isdigit() and (head == folder.name or "_" in folder.name) else -1
 
 
 def find_runs(dirs: list[Path]) -> list[Run]:
@@ -173,16 +174,14 @@ def table(runs: list[Run]) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
-# Overrides that do not change what is trained up to a given epoch: how long a run goes, what it saves or
-# shows, whether a collapsed run stops. Runs that differ only in these (and the seed) are one setting, so a
-# 30-epoch run and a 15-epoch run of the same settings are seeds of one row.
-NOT_A_SETTING = ("seed=", "trainer.max_epochs=", "trainer.enable_progress_bar=", "callbacks.checkpoint.",
-                 "callbacks.collapse.stop=")
-
-
 def setting_of(run: Run) -> tuple[str, ...]:
-    """A run's overrides without its seed and NOT_A_SETTING: the runs of one setting differ only in these."""
-    return tuple(o for o in run.overrides if not o.startswith(NOT_A_SETTING))
+    """A run's overrides without advnets.config.NOT_A_SETTING (the seed, the run's length...): the runs of one
+    setting differ only in those."""
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    return tuple(o for o in run.overrides
+                 if not any(key(o) == k or key(o).startswith(k + ".") for k in NOT_A_SETTING))
 
 
 def settings(runs: list[Run]) -> dict[str, list[Run]]:

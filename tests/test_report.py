@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -156,6 +157,7 @@ def test_report_compares_at_equal_g_updates_and_equal_wall_time(tmp_path):
     assert rows["`k=1`"][6:8] == ["4.5 +- 1.5", "5.5 +- 1.5"] and rows["`k=5`"][6:8] == ["-", "-"]
 
 
+@pytest.mark.slow
 def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
     sweep = tmp_path / "sweep"
     runs = {  # seed: (val/jsd per epoch, val/d_distance per epoch, test/jsd)
@@ -185,6 +187,7 @@ def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
     assert (sweep / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_the_theory_table_gives_the_jsd_at_equal_g_updates(tmp_path):
     sweep = tmp_path / "sweep"
     for seed, jsd in enumerate(([0.3, 0.02, 0.008], [0.4, 0.009, 0.02])):
@@ -205,6 +208,7 @@ def test_the_plot_draws_the_mean_with_its_band_only_where_every_seed_has_a_value
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     import report
 
     fig, ax = plt.subplots()

@@ -23,9 +23,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from advnets.metrics.quality import LABELS, QualityResult, SampleQuality, build_extractor, features_for
 from advnets.checkpoints import check_ckpt_path
 from advnets.errors import UserError
+from advnets.metrics.quality import LABELS, QualityResult, SampleQuality, build_extractor, features_for
 
 # Table 1 of the paper: Parzen log-likelihood (nats) on MNIST and TFD, mean +- standard error.
 PAPER_TABLE_1 = {

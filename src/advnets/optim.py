@@ -20,8 +20,6 @@ class ClassicMomentum(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.5,
                  lr_decay: float = 1.000004, min_lr: float = 1e-6):
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
         # lr_scale: the anneal's factor on top of the decay (1: none; see anneal_lr).
         super().__init__(params, dict(lr=lr, lr0=lr, momentum=momentum, lr_decay=lr_decay,
                                       min_lr=min_lr, updates=0, lr_scale=1.0))
@@ -61,18 +59,28 @@ def momentum_at(epoch: int, start: float, end: float, saturate_epoch: int) -> fl
     return start + (end - start) * frac
 
 
+def _momentum(params: Iterable[Tensor], cfg: Mapping, lr: float) -> torch.optim.Optimizer:
+    return ClassicMomentum(params, lr=lr, momentum=float(cfg["momentum_start"]), lr_decay=float(cfg["lr_decay"]),
+                           min_lr=float(cfg["min_lr"]))
+
+
+def _adam(params: Iterable[Tensor], cfg: Mapping, lr: float) -> torch.optim.Optimizer:
+    adam = torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]))
+    for group in adam.param_groups:  # saved with the state, like ClassicMomentum's lr0 and lr_scale
+        group.update(base_lr=lr, lr_scale=1.0)
+    return adam
+
+
+# optimizer.name -> builder: the one list of optimisers (each has conf/optimizer/<name>.yaml). The lr ranges are
+# checked once, in advnets.config.check_config.
+OPTIMIZERS = {"momentum": _momentum, "adam": _adam}
+
+
 def build_optimizer(params: Iterable[Tensor], cfg: Mapping, lr: float | None = None) -> torch.optim.Optimizer:
     """The optimiser `cfg` names; `lr` (this net's own, e.g. optimizer.d_lr) replaces cfg.lr when given."""
-    lr = float(cfg["lr"] if lr is None else lr)
-    if cfg["name"] == "momentum":
-        return ClassicMomentum(params, lr=lr, momentum=float(cfg["momentum_start"]),
-                               lr_decay=float(cfg["lr_decay"]), min_lr=float(cfg["min_lr"]))
-    if cfg["name"] == "adam":
-        adam = torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]))
-        for group in adam.param_groups:  # saved with the state, like ClassicMomentum's lr0 and lr_scale
-            group.update(base_lr=lr, lr_scale=1.0)
-        return adam
-    raise ValueError(f"unknown optimizer {cfg['name']!r}: choose momentum or adam")
+    if cfg["name"] not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer.name {cfg['name']!r}: choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg["name"]](params, cfg, float(cfg["lr"] if lr is None else lr))
 
 
 def start_epoch(optimizer: torch.optim.Optimizer, cfg: Mapping, epoch: int) -> None:
