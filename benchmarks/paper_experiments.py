@@ -67,7 +67,7 @@ def main() -> None:
             if name.startswith("cifar10"):
                 extra += ["dataset.download=false", "dataset.check_md5=false", f"dataset.n_train={104 * n}"]
             if name == "mnist":
-                extra += [f"dataset.raw_mirror={conftest.SHARED / 'data' / 'MNIST' / 'raw'}"]
+                extra += [f"dataset.raw_mirror={conftest.MNIST_RAW}"]
             if name == "tfd_stage2":
                 extra += [f"model.generator.init_from={stage1}"]
             cfg = conftest.compose(f"experiment={name}", *extra, output_dir=root / name)

@@ -136,12 +136,13 @@ class PeakMemory:
 
 # --- data ----------------------------------------------------------------------------------------
 def shared_mnist_raw() -> Path:
-    shared = Path(os.environ.get("ADVNETS_SHARED", REPO.parent / "shared"))
-    return shared / "data" / "MNIST" / "raw"
+    from advnets.config import mnist_mirror
+
+    return mnist_mirror()
 
 
 def load_mnist(data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, test) as float32 rows in [0, 1]. The raw .gz files are copied from ../shared when
+    """(train, test) as float32 rows in [0, 1]. The raw .gz files are copied from the MNIST mirror (conf/paths/) when
     data_dir lacks them; torchvision checks their MD5s, unpacks them (or downloads them)."""
     from torchvision.datasets import MNIST
 
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     centres, select, test = (t.to(device=device, dtype=torch.float32) for t in (centres, select, test))
     sigmas = SIGMAS.tolist()
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
-    load = "load average %.2f %.2f %.2f" % os.getloadavg() if hasattr(os, "getloadavg") else "load n/a"
+    load = "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else "load n/a"
     print(f"device: {device.type} ({threads}, {os.cpu_count()} CPUs, {load}), torch {torch.__version__}, "
           f"float32 matmul precision {torch.get_float32_matmul_precision()}")
     print(f"centres: {what}, d = {centres.shape[1]}")
@@ -306,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"speed-up: port (scaled) / ours = {t_port_full:.1f} s / {t_ours:.2f} s = {t_port_full / t_ours:.0f}x "
           f"(with our median run, {t_median:.2f} s: {t_port_full / t_median:.0f}x)")
     if hasattr(os, "getloadavg"):
-        print("load average at the end: %.2f %.2f %.2f (on a shared machine other processes inflate the "
-              "timings)" % os.getloadavg())
+        print("load average at the end: {:.2f} {:.2f} {:.2f} (on a shared machine other processes inflate the "
+              "timings)".format(*os.getloadavg()))
     print(f"peak memory: ours {mem_ours.describe()}, port {mem_port.describe()} (each above its own "
           f"start; RSS sampled every 2 ms from /proc/self/statm); whole process ru_maxrss "
           f"{_maxrss_mib():,.0f} MiB (includes the data and both)")

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from omegaconf import OmegaConf
 
+    from advnets.config import mnist_mirror
     from advnets.data.mnist import MNISTDataModule
     from advnets.metrics.mnist_classifier import load_mnist_classifier
     from advnets.metrics.quality import SampleQuality
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.repeats
     if args.tiny:
         n_full, n_val, subsets, val_subsets, repeats = 500, 200, 5, 2, 1
-    splits = MNISTDataModule({"root": str(args.data_dir), "raw_mirror": str(REPO.parent / "shared/data/MNIST/raw")},
+    splits = MNISTDataModule({"root": str(args.data_dir), "raw_mirror": str(mnist_mirror())},
                              0).load_splits()
     samples = splits["train"][torch.randperm(50000, generator=torch.Generator().manual_seed(0))[:n_full]]
     classifier = load_mnist_classifier()

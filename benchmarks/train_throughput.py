@@ -96,8 +96,8 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from advnets.data import build_datamodule
-    from advnets.module import GAN
     from advnets.loggers import build_loggers, finish_wandb
+    from advnets.module import GAN
 
     iters = min(iters, 50_000 // batch)  # one epoch at most (MNIST's 50,000 training rows), full batches only
     out = tempfile.mkdtemp(prefix="advnets-bench-")
@@ -199,12 +199,13 @@ def peak_memory(device: str) -> str:
 
 
 def prepare_data(data_dir: str | None) -> str:
-    """A data dir with MNIST unpacked (copied from ../shared when present)."""
+    """A data dir with MNIST unpacked (copied from the MNIST mirror, conf/paths/, when present)."""
+    from advnets.config import mnist_mirror
     from advnets.data.mnist import MNISTDataModule
 
     data_dir = data_dir or os.environ.get("ADVNETS_DATA_DIR") or str(REPO / "data")
     dm = MNISTDataModule({"root": data_dir, "batch_size": 100,
-                          "raw_mirror": str(REPO.parent / "shared" / "data" / "MNIST" / "raw")}, seed=0)
+                          "raw_mirror": str(mnist_mirror())}, seed=0)
     dm.prepare_data()
     return data_dir
 

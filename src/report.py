@@ -29,11 +29,14 @@ import argparse
 import csv
 import math
 import sys
-from dataclasses import dataclass
+import json
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from advnets.config import NOT_A_SETTING
 from advnets.errors import UserError, user_errors
 
 
@@ -44,6 +47,8 @@ class Run:
     final: dict[str, float]  # the last value of every logged metric
     val: dict[int, dict[str, float]]  # 1-based epoch with a validation -> every value logged by that epoch's end
     steps: list[dict[str, float]]  # the rows logged during training (on_step), in order
+    # 1-based epoch -> generator (raw, ema) -> the full protocol of that epoch's checkpoint (read_evals)
+    evals: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 def metrics_files(folder: Path) -> list[Path]:
@@ -90,13 +95,37 @@ def read_run(folder: Path) -> Run:
         if "epoch" in values:  # the epoch's rows merged: its validation, and train/* as they were at its end
             epochs.setdefault(int(values["epoch"]) + 1, {}).update(values)
     val = {e: v for e, v in epochs.items() if any(k.startswith("val/") for k in v)}
-    return Run(folder, overrides(folder), final, val, steps)
+    return Run(folder, overrides(folder), final, val, steps, read_evals(folder))
+
+
+PROTOCOL_KEYS = ("parzen_ll", "parzen_se", "fid", "kid", "classes_covered")
+
+
+def read_evals(folder: Path) -> dict[int, dict[str, dict[str, float]]]:
+    """The full protocol of the run's checkpoints: what `python src/eval.py ckpt_path=<run>/checkpoints/X.ckpt
+    hydra.run.dir=<run>/eval/<any name>` wrote (parzen.json, quality.json), by the checkpoint's epoch (its name:
+    epochNNNN is Lightning's 0-based epoch), per generator; {parzen_ll, parzen_se, fid, kid, classes_covered}."""
+    found: dict[int, dict[str, dict[str, float]]] = {}
+    for parzen_file in sorted(folder.glob("eval/*/parzen.json")):
+        parzen = json.loads(parzen_file.read_text())
+        match = re.search(r"epoch(\d+)-step", Path(str(parzen.get("ckpt_path"))).name)
+        if not match:
+            continue
+        rows = {"raw": parzen, **({"ema": parzen["ema"]} if "ema" in parzen else {})}
+        quality_file = parzen_file.with_name("quality.json")
+        quality = json.loads(quality_file.read_text())["rows"] if quality_file.is_file() else {}
+        epoch = int(match.group(1)) + 1
+        for which, p in rows.items():
+            q = quality.get(which, {})
+            found.setdefault(epoch, {})[which] = {"parzen_ll": p["ll"], "parzen_se": p["se"], "fid": q.get("fid"),
+                                                  "kid": q.get("kid"), "classes_covered": q.get("classes_covered")}
+    return found
 
 
 def job_number(folder: Path) -> int:
-    """A multirun job folder's number (its name starts `N_`); -1 for other folders."""
+    """A multirun job folder's number (its name is `N`, or `N_<overrides>` in sweeps of older code); -1 for others."""
     head = folder.name.split("_")[0]
-    return int(head) if head.isdigit() and "_" in folder.name else -1
+    return int(head) if head.isdigit() and (head == folder.name or "_" in folder.name) else -1
 
 
 def find_runs(dirs: list[Path]) -> list[Run]:
@@ -145,16 +174,14 @@ def table(runs: list[Run]) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
-# Overrides that do not change what is trained up to a given epoch: how long a run goes, what it saves or
-# shows, whether a collapsed run stops. Runs that differ only in these (and the seed) are one setting, so a
-# 30-epoch run and a 15-epoch run of the same settings are seeds of one row.
-NOT_A_SETTING = ("seed=", "trainer.max_epochs=", "trainer.enable_progress_bar=", "callbacks.checkpoint.",
-                 "callbacks.collapse.stop=")
-
-
 def setting_of(run: Run) -> tuple[str, ...]:
-    """A run's overrides without its seed and NOT_A_SETTING: the runs of one setting differ only in these."""
-    return tuple(o for o in run.overrides if not o.startswith(NOT_A_SETTING))
+    """A run's overrides without advnets.config.NOT_A_SETTING (the seed, the run's length...): the runs of one
+    setting differ only in those."""
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    return tuple(o for o in run.overrides
+                 if not any(key(o) == k or key(o).startswith(k + ".") for k in NOT_A_SETTING))
 
 
 def settings(runs: list[Run]) -> dict[str, list[Run]]:
@@ -209,7 +236,9 @@ def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None
                if b is not None]
     for _, _, name in budgets:
         head += f" val/parzen_ll {name} | val/ema_parzen_ll {name} |"
+    # Parzen alone rewards blur: every row gives the sample-quality figures of the same runs beside it.
     head += " test/parzen_ll | test/ema_parzen_ll | val/fid | val/ema_fid | test/fid | test/ema_fid |"
+    head += " test/kid | test/ema_kid | test/classes_covered | test/ema_classes_covered |"
     lines = ["Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)) of each setting's runs.\n", head,
              "|" + "---|" * (head.count("|") - 1)]
     for label, group in settings(runs).items():
@@ -236,9 +265,60 @@ def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None
                 row += f" {fmt(values) if len(values) == len(group) else '-'} |"
         row += f" {fmt(final('test/parzen_ll'))} | {fmt(final('test/ema_parzen_ll'))} |"
         row += (f" {fmt(at(last, 'val/fid'), 2)} | {fmt(at(last, 'val/ema_fid'), 2)} | {fmt(final('test/fid'), 2)} |"
-                f" {fmt(final('test/ema_fid'), 2)} |")
+                f" {fmt(final('test/ema_fid'), 2)} | {fmt(final('test/kid'), 4)} | {fmt(final('test/ema_kid'), 4)} |"
+                f" {fmt(final('test/classes_covered'), 1)} | {fmt(final('test/ema_classes_covered'), 1)} |")
         lines.append(row)
     return "\n".join(lines) + "\n"
+
+
+def protocol_table(runs: list[Run]) -> str:
+    """Per setting and evaluated epoch: the full protocol (read_evals) of G and of its EMA, mean +- s.e. over the
+    seeds evaluated there; the Parzen column also gives the mean within-run s.e. (the estimate's own noise)."""
+    if not any(r.evals for r in runs):
+        return ""
+    head = ("| setting | epoch | seeds | G: Parzen (within-run s.e.) | G: FID | G: KID | G: classes | EMA: Parzen | "
+            "EMA: FID | EMA: KID | EMA: classes |")
+    lines = ["Full protocol at evaluated checkpoints (src/eval.py): mean +- s.e. over seeds.\n", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for label, group in settings(runs).items():
+        for epoch in sorted({e for r in group for e in r.evals}):
+            scored = [r.evals[epoch] for r in group if epoch in r.evals]
+            row = f"| `{label}` | {epoch} | {len(scored)} |"
+            for which in ("raw", "ema"):
+                values = {k: [s[which][k] for s in scored if which in s and s[which][k] is not None]
+                          for k in PROTOCOL_KEYS}
+                within = f" (+- {sum(values['parzen_se']) / len(values['parzen_se']):.1f})" if values["parzen_se"] else ""
+                row += (f" {fmt(values['parzen_ll'])}{within} | {fmt(values['fid'], 1)} | {fmt(values['kid'], 2)} |"
+                        f" {fmt(values['classes_covered'], 1)} |")
+            lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def plot_protocol(runs: list[Run], path: Path) -> None:
+    """The full protocol against epochs: Parzen, FID and classes covered of G (solid) and its EMA (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("parzen_ll", "Parzen log-likelihood (nats)"), ("fid", "FID (classifier), lower is better"),
+              ("classes_covered", "classes covered")]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+    for ax, (key, ylabel) in zip(axes, panels):
+        for i, (label, group) in enumerate(settings(runs).items()):
+            for which, style in (("raw", "-"), ("ema", "--")):
+                points = [{e: s[which][key] for e, s in r.evals.items() if which in s and s[which][key] is not None}
+                          for r in group]
+                _curve(ax, points, f"C{i % 10}", style, f"{label} ({len(group)} seeds){' EMA' if which == 'ema' else ''}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{ylabel}, mean +- s.e.")
+        if key == "fid":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def theory_table(runs: list[Run], jsd_below: float, g_updates: int | None = None) -> str:
@@ -372,9 +452,12 @@ def main(argv: list[str] | None = None) -> None:
     if is_theory(runs):
         text = theory_table(runs, args.jsd_below, args.g_updates) + "\n" + table(runs)
     else:
-        text = seeds_table(runs, args.epoch, args.g_updates, args.seconds) + "\n" + table(runs)
+        text = (seeds_table(runs, args.epoch, args.g_updates, args.seconds) + "\n" + protocol_table(runs) + "\n"
+                + table(runs))
     (out / "report.md").write_text(text)
     plot(runs, out / "report.png", args.first_updates)
+    if any(r.evals for r in runs):
+        plot_protocol(runs, out / "report_protocol.png")
     print(text)
     print(f"wrote {out / 'report.md'} and {out / 'report.png'}", file=sys.stderr)
 

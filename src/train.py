@@ -41,10 +41,12 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from advnets.data import build_datamodule
     from advnets.errors import Preempted
     from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint, parse_max_time
+    from advnets.lightning_internals import keep_noise_out_of_logs
     from advnets.loggers import build_loggers, wandb_run_id
     from advnets.module import GAN
     from advnets.progress import ProgressLines
 
+    keep_noise_out_of_logs()  # Lightning's litlogger tip and known deprecation warnings of its dependencies
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
     datamodule.prepare_data()
@@ -55,7 +57,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # trainer.max_time is ours: Lightning's timer would save the interrupted epoch as a finished one.
     trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
-    preemption = PreemptionHandler(parse_max_time(cfg.trainer.get("max_time")))
+    preemption = PreemptionHandler(parse_max_time(cfg.trainer.max_time))
     # Off a terminal (SLURM, nohup, CI), a line at a bounded rate instead of a bar redrawn for every batch.
     progress = ([ProgressLines(cfg.callbacks.progress.every_s)]
                 if cfg.trainer.enable_progress_bar and not sys.stderr.isatty() else [])

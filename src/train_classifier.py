@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from advnets.config import REPO_ROOT
+from advnets.config import REPO_ROOT, mnist_mirror
 from advnets.errors import UserError, user_errors
 
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from advnets.data.mnist import MNISTDataModule
     from advnets.metrics.mnist_classifier import SHA256, WEIGHTS, accuracy, sha256, train_mnist_classifier
 
-    data = MNISTDataModule({"root": str(args.data_dir), "raw_mirror": str(REPO_ROOT.parent / "shared/data/MNIST/raw")},
+    data = MNISTDataModule({"root": str(args.data_dir), "raw_mirror": str(mnist_mirror())},
                            args.seed)
     images, labels = data.load_splits(), data.load_labels()
 

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from advnets.config import mnist_mirror
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ADVNETS_SHARED", REPO.parent / "shared"))
-MNIST_RAW = SHARED / "data" / "MNIST" / "raw"
+MNIST_RAW = mnist_mirror()  # conf/paths/default.yaml: ADVNETS_MNIST_MIRROR, or the copy beside the checkout
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A data dir holding MNIST/raw: copied from ../shared, or downloaded by torchvision where that is absent."""
+    """A data dir holding MNIST/raw: copied from the MNIST mirror, or downloaded by torchvision where it is absent."""
     root = tmp_path_factory.mktemp("data")
     if MNIST_RAW.is_dir():
         shutil.copytree(MNIST_RAW, root / "MNIST" / "raw")

@@ -4,9 +4,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_train_throughput_tiny(data_dir):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--tiny",
                           "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=600,

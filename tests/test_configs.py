@@ -43,6 +43,7 @@ def test_data_dir_from_environment(monkeypatch, tmp_path):
     assert compose().paths.data_dir == str(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,dataset", paper_pairs())
 @pytest.mark.parametrize("loss", options("loss"))
 def test_every_combination_composes(model, dataset, loss):
@@ -118,6 +119,7 @@ def test_options_to_step_cover_every_option():
             assert sorted(step[i] for step in steps) == sorted(values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,dataset,optimizer,schedule,loss,logger", STEPPED)
 def test_every_option_builds_and_takes_a_training_step(data_root, splits, tmp_path, model, dataset, optimizer,
                                                        schedule, loss, logger):
@@ -188,6 +190,7 @@ def test_loggers_build_from_every_option(tmp_path, logger):
             assert x._wandb_init["mode"] == os.environ.get("WANDB_MODE", "offline") and x._project == "advnets"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainer_option", options("trainer"))
 def test_trainer_builds_from_every_option(tmp_path, trainer_option):
     """pl.Trainer(**cfg.trainer) with the default loggers for every trainer option: the accelerator, strategy

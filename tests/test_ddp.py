@@ -107,6 +107,7 @@ def ddp_run(data_dir, tmp_path_factory):
     return run_dir, ranks
 
 
+@pytest.mark.slow
 def test_ranks_end_with_identical_parameters(ddp_run):
     run_dir, (rank0, rank1) = ddp_run
     assert rank0["world_size"] == rank1["world_size"] == 2
@@ -119,6 +120,7 @@ def test_ranks_end_with_identical_parameters(ddp_run):
         assert torch.equal(p, ckpt["state_dict"][name]), name
 
 
+@pytest.mark.slow
 def test_each_rank_trains_on_its_own_batches_and_noise(ddp_run):
     """In the real fit, the ranks' first batches are different images and every noise draw differs."""
     _, (rank0, rank1) = ddp_run
@@ -138,6 +140,7 @@ def flat(params: dict, prefix: str) -> torch.Tensor:
     return torch.cat([p.flatten() for n, p in params.items() if n.startswith(prefix)])
 
 
+@pytest.mark.slow
 def test_each_step_is_the_mean_of_the_ranks_gradients(ddp_run):
     """Each rank's first D step and first G step, recomputed in this process from what the rank recorded
     (batch, noise, dropout RNG state, parameters): the change of the weights is -lr0 times the mean of the
@@ -191,6 +194,7 @@ def test_each_step_is_the_mean_of_the_ranks_gradients(ddp_run):
             assert not close(change, wrong), prefix
 
 
+@pytest.mark.slow
 def test_every_random_stream_differs_between_ranks_and_follows_its_seed(ddp_run):
     """G's noise, the instance noise on every input of D and D's dropout masks, in each rank's first two batches:
     different on the two ranks, and each rank's what (seed, rank, epoch, batch) alone give (test_wiring's
@@ -214,6 +218,7 @@ def test_every_random_stream_differs_between_ranks_and_follows_its_seed(ddp_run)
                                                                                ranks[1]["masks"][step])
 
 
+@pytest.mark.slow
 def test_ranks_draw_different_parzen_centres(ddp_run):
     """For the final estimate each rank draws its own share (100 of parzen.test_samples = 200) of centres, for
     G and for its EMA, from its own noise: the shares differ. (The Parzen estimate draws first; the sample-quality
@@ -225,6 +230,7 @@ def test_ranks_draw_different_parzen_centres(ddp_run):
         assert torch.cdist(a.flatten(1), b.flatten(1)).min() > 0
 
 
+@pytest.mark.slow
 def test_counters_follow_the_k_schedule(ddp_run):
     run_dir, ranks = ddp_run
     # Every rank takes BATCHES batches of its own share: BATCHES D steps, one G step after every K-th.
@@ -234,6 +240,7 @@ def test_counters_follow_the_k_schedule(ddp_run):
     assert ckpt["counters"] == {"d_updates": BATCHES, "g_updates": BATCHES // K}
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes(ddp_run):
     run_dir, _ = ddp_run
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
@@ -248,6 +255,7 @@ def test_only_rank_zero_writes(ddp_run):
     assert len(test_ll) == 1 and math.isfinite(test_ll[0])
 
 
+@pytest.mark.slow
 def test_parzen_gathers_every_ranks_share(ddp_run):
     _, ranks = ddp_run
     # parzen.test_samples=200 centres, 100 drawn on each rank; the 10,000 MNIST test images, 5,000 on each.

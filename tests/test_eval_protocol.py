@@ -30,12 +30,12 @@ N_SAMPLES = 200
 def evaluate(*overrides: str, output_dir):
     """src/eval.py's run() on conf/eval.yaml composed with `overrides`, as its main() runs it: (parzen.json,
     the (centres, select, test) of every protocol call it made)."""
-    import advnets.metrics
-
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
+
+    import advnets.metrics
 
     spec = importlib.util.spec_from_file_location("advnets_eval_script", REPO / "src" / "eval.py")
     script = importlib.util.module_from_spec(spec)
@@ -95,6 +95,7 @@ def assert_row(row: dict, expected: dict) -> None:
     assert math.isclose(row["se"], expected["se"], rel_tol=1e-7)
 
 
+@pytest.mark.slow
 def test_mnist_parzen_json_is_the_protocol_on_the_split_rows(data_dir, tmp_path):
     """MNIST, G and its EMA: sigma picked on training rows 50,000..50,999 (the first 1,000 validation images),
     the log-likelihood of the 10,000 test images, centres G(z) for z ~ U(-sqrt 3, sqrt 3)^100 from
@@ -122,6 +123,7 @@ def test_mnist_parzen_json_is_the_protocol_on_the_split_rows(data_dir, tmp_path)
     assert_row(report["ema"], expected["ema"])
 
 
+@pytest.mark.slow
 def test_tfd_parzen_json_is_the_protocol_on_every_fold(tmp_path):
     """TFD, per fold f = 0..4: sigma picked on the rows with folds[:, f] == 2 (valid), scored on those with
     folds[:, f] == 3 (test), the same centres G(z), z ~ N(0, I)^100, in every fold; the reported figure is

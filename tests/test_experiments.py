@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from advnets.data import build_datamodule
-from advnets.module import GAN
 from advnets.errors import UserError
+from advnets.module import GAN
 from conftest import compose
 from test_tfd import write_tfd
 
@@ -45,6 +45,7 @@ def fit(cfg, tmp_path, steps, callbacks=()):
     return module, trainer
 
 
+@pytest.mark.slow
 def test_stage_2_loads_stage_1_generator(tmp_path):
     write_tfd(tmp_path / "TFD" / "TFD_48x48.mat")
     common = (f"paths.data_dir={tmp_path}", "logger=none", "dataset.batch_size=20")
@@ -93,6 +94,7 @@ def fit_epochs(cfg, root, epochs, ckpt_path=None):
     return module, trainer
 
 
+@pytest.mark.slow
 def test_tfd_stage_2_resumes_exactly_without_the_stage_1_file(tmp_path):
     """A stage-2 run resumed from its epoch-1 checkpoint, after the stage-1 checkpoint it was started from is
     deleted, ends with the weights, optimiser state and counters of an uninterrupted 2-epoch stage-2 run."""

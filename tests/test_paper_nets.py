@@ -51,6 +51,7 @@ def config(data_dir, model, dataset, *overrides, output_dir="/tmp/advnets-test-r
                    *overrides, output_dir=output_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,dataset", list(PAIRS))
 def test_paper_nets_sizes_and_steps(data_dir, tmp_path, model, dataset):
     shape, g_params, d_params = PAIRS[(model, dataset)]

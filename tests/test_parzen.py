@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import pickle
 import shutil
 import subprocess
@@ -277,18 +276,20 @@ def test_metric_updates_in_pieces_equal_one_protocol_call():
 
 
 # --- the true-data reference on real MNIST ------------------------------------------------------
-def _shared_dir() -> Path:
-    return Path(os.environ.get("ADVNETS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+def _mnist_mirror() -> Path:
+    from advnets.config import mnist_mirror
+
+    return mnist_mirror()
 
 
 @pytest.fixture(scope="module")
 def parzen_mnist(tmp_path_factory):
-    """(train, test) MNIST images as float32 rows in [0, 1]: from ../shared/data/MNIST/raw when it
+    """(train, test) MNIST images as float32 rows in [0, 1]: from the MNIST mirror (conf/paths/) when it
     exists (torchvision checks the MD5s and unpacks offline), else downloaded by torchvision."""
     from torchvision.datasets import MNIST
 
     root = tmp_path_factory.mktemp("parzen_mnist")
-    raw = _shared_dir() / "data" / "MNIST" / "raw"
+    raw = _mnist_mirror()
     if raw.is_dir():
         (root / "MNIST" / "raw").mkdir(parents=True)
         for archive in raw.glob("*.gz"):
@@ -298,6 +299,7 @@ def parzen_mnist(tmp_path_factory):
     return train.reshape(len(train), -1).float() / 255, test.reshape(len(test), -1).float() / 255
 
 
+@pytest.mark.slow
 def test_true_data_reference_on_mnist(parzen_mnist):
     train, test = parzen_mnist
     assert train.shape == (60000, 784) and test.shape == (10000, 784)
@@ -310,6 +312,7 @@ def test_true_data_reference_on_mnist(parzen_mnist):
 
 
 # --- the benchmark ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_benchmark_tiny_runs():
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "parzen.py"), "--tiny"],

@@ -142,7 +142,7 @@ def test_divergence_guard_stops_on_a_non_finite_parameter(tmp_path, value):
                          callbacks=[PoisonAfterStep(1, value), DivergenceGuard()])
     with pytest.raises(TrainingDiverged) as e:
         trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(40, 10, seed=0)))
-    assert all(torch.isfinite(v).all() for k, v in module._last.items() if k.endswith("_loss"))
+    assert all(torch.isfinite(v).all() for k, v in module.step_record.items() if k.endswith("_loss"))
     assert str(e.value) == ("training diverged: non-finite parameters at D update 2, G update 2 (epoch 1, batch 2); "
                             "last good checkpoint: none saved yet; try a lower optimizer.lr")
 
@@ -160,6 +160,7 @@ class SigtermInValidation(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_sigterm_during_validation_stops_with_the_last_epoch_checkpoint(data_dir, tmp_path):
     """`python src/train.py`, SIGTERM arriving in epoch 2's validation (after its training batches): exit 143,
     no traceback, no test run, and the message names last.ckpt, which is epoch 1's checkpoint, whole (the

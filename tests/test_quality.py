@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from advnets.errors import UserError
 from advnets.metrics.mnist_classifier import WEIGHTS, accuracy, load_mnist_classifier
 from advnets.metrics.quality import SampleQuality
-from advnets.errors import UserError
 from conftest import run_script
 from test_cifar10 import write_cifar
 
@@ -54,6 +54,7 @@ def test_modified_classifier_file_is_refused(tmp_path):
         load_mnist_classifier(tmp_path / "missing.pt")
 
 
+@pytest.mark.slow
 def test_fid_zero_on_itself_small_between_test_halves_large_for_noise_and_blur(test_quality, mnist):
     test = mnist[0]["test"]
     itself = scored(test_quality, test)
@@ -130,6 +131,7 @@ def test_coverage_counts_known_predictions():
     assert result.inception_score > 1
 
 
+@pytest.mark.slow
 def test_inception_offline_without_weights_is_one_clear_error(tmp_path):
     write_cifar(tmp_path)
     proc = run_script("eval.py", "reference=true_data", "dataset=cifar10", "dataset.download=false",

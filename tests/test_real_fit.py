@@ -121,6 +121,7 @@ def ramp(epoch: int) -> float:
     return 0.5 + (0.7 - 0.5) * min(epoch - 1, 249) / 249
 
 
+@pytest.mark.slow
 def test_momentum_and_lr_follow_their_schedules_in_a_real_fit(fit):
     """After two epochs with k = 2, each optimiser's momentum is the ramp's value for epoch 2 and its lr is
     lr0 / 1.000004^(its own update count): 40 for D, 20 for G. Every step used the ramp's momentum for its
@@ -141,6 +142,7 @@ def test_momentum_and_lr_follow_their_schedules_in_a_real_fit(fit):
             assert math.isclose(lr, 0.1 / 1.000004**updates, rel_tol=1e-12)
 
 
+@pytest.mark.slow
 def test_every_training_row_once_per_epoch_in_a_fresh_order(fit):
     """The training batch sampler's indices: each epoch a permutation of rows 0..49,999 (each exactly once),
     a different one in epoch 2; the batches the module trained on are exactly those rows."""
@@ -153,6 +155,7 @@ def test_every_training_row_once_per_epoch_in_a_fresh_order(fit):
     assert rec.received_rows_match == [True] * 2 * BATCHES
 
 
+@pytest.mark.slow
 def test_fresh_noise_for_every_step_of_both_epochs(fit):
     """Every D step (20 an epoch) and G step (10) draws new noise, and epoch 2 draws none that epoch 1 drew."""
     draws = fit.rec.noise
@@ -164,6 +167,7 @@ def test_fresh_noise_for_every_step_of_both_epochs(fit):
     assert torch.cdist(epoch_1, epoch_2).min() > 0
 
 
+@pytest.mark.slow
 def test_output_bias_is_the_logit_of_the_training_pixel_mean(fit, mnist_rows):
     """When a fresh fit starts, G's sigmoid output bias is log(p / (1 - p)) of the mean of training rows
     0..49,999, p clipped to [1e-7, 1 - 1e-7] (pixels that are 0 in every image)."""
@@ -173,6 +177,7 @@ def test_output_bias_is_the_logit_of_the_training_pixel_mean(fit, mnist_rows):
     torch.testing.assert_close(fit.rec.bias.double(), expected, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("epoch", [1, 2])
 def test_per_epoch_parzen_uses_the_documented_validation_rows(fit, mnist_rows, epoch):
     """val/parzen_ll (G and its EMA): sigma picked on MNIST training rows 50,000..50,499

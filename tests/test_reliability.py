@@ -42,6 +42,7 @@ def refused(log_dir, *args, data_dir=None, logger="none", env=None):
     return errors[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group, options", [("dataset", "cifar10, line, mnist, tfd"), ("model", "conv, maxout"),
                                             ("loss", "minimax, nonsaturating")])
 def test_unknown_group_option_lists_the_options(log_dir, group, options):
@@ -50,6 +51,7 @@ def test_unknown_group_option_lists_the_options(log_dir, group, options):
     assert [p.name for p in (log_dir / "runs").iterdir()] == ["earlier"]  # refused before Hydra made a folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arg, text", [("k=0", "k must be an integer >= 1"),
                                        ("k=2.5", "k must be an integer >= 1"),
                                        ("dataset.batch_size=0", "dataset.batch_size must be >= 1"),
@@ -59,6 +61,15 @@ def test_bad_numbers(log_dir, arg, text):
     assert text in refused(log_dir, arg)
 
 
+@pytest.mark.slow
+def test_k_with_the_simultaneous_schedule(log_dir):
+    """The simultaneous step makes one D and one G update per minibatch: a k there would be ignored."""
+    msg = refused(log_dir, "experiment=mnist", "k=5")
+    assert msg == ("error: schedule=simultaneous makes one D and one G update per minibatch, so k must be 1 there, "
+                   "got k=5; k D-steps per G-step is Algorithm 1: schedule=alternating")
+
+
+@pytest.mark.slow
 def test_output_folder_not_writable(log_dir, tmp_path):
     blocked = tmp_path / "a_file"
     blocked.write_text("")
@@ -66,18 +77,21 @@ def test_output_folder_not_writable(log_dir, tmp_path):
     assert "cannot be written" in msg and str(blocked / "run") in msg
 
 
+@pytest.mark.slow
 def test_gpu_asked_on_a_machine_without_one(log_dir):
     msg = refused(log_dir, "trainer=gpu", env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, whatever the machine
     assert msg.startswith("error: trainer=gpu (trainer.accelerator=gpu) asks for a GPU, but this machine has none")
     assert "use trainer=cpu" in msg
 
 
+@pytest.mark.slow
 def test_missing_tfd_file_leaves_no_run_folder_and_no_wandb_run(log_dir, tmp_path):
     # The default loggers (W&B and CSV): the data is checked before either starts.
     msg = refused(log_dir, "dataset=tfd", data_dir=tmp_path / "empty", logger=None)
     assert f"TFD file not found: {tmp_path / 'empty' / 'TFD' / 'TFD_48x48.mat'}" in msg
 
 
+@pytest.mark.slow
 def test_tfd_valid_split_too_small(log_dir, tmp_path):
     from test_tfd import write_tfd
 
@@ -87,12 +101,14 @@ def test_tfd_valid_split_too_small(log_dir, tmp_path):
                    "(sigma is picked on some, the others are scored); use a fold or data set with a larger valid split")
 
 
+@pytest.mark.slow
 def test_missing_mnist_files_named(log_dir, tmp_path):
     empty = tmp_path / "empty"
     msg = refused(log_dir, "dataset.raw_mirror=null", "dataset.download=false", data_dir=empty)
     assert f"MNIST files missing in {empty / 'MNIST' / 'raw'}" in msg and "train-images-idx3-ubyte.gz" in msg
 
 
+@pytest.mark.slow
 def test_corrupt_mnist_files_named(log_dir, tmp_path):
     from advnets.data.mnist import FILES
 
@@ -111,11 +127,13 @@ def fake_checkpoint(path, *overrides):
     return path
 
 
+@pytest.mark.slow
 def test_checkpoint_missing(log_dir, tmp_path):
     msg = refused(log_dir, f"ckpt_path={tmp_path / 'nope.ckpt'}")
     assert f"checkpoint not found: {tmp_path / 'nope.ckpt'}" in msg
 
 
+@pytest.mark.slow
 def test_checkpoint_truncated(log_dir, tmp_path):
     path = fake_checkpoint(tmp_path / "t.ckpt")
     path.write_bytes(path.read_bytes()[:200])
@@ -123,6 +141,7 @@ def test_checkpoint_truncated(log_dir, tmp_path):
     assert f"checkpoint {path} cannot be read (truncated, or not a checkpoint" in msg
 
 
+@pytest.mark.slow
 def test_checkpoint_with_pickled_code_is_not_executed(log_dir, tmp_path):
     import pickle
 
@@ -141,18 +160,21 @@ class _Evil:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_not_a_checkpoint(log_dir, tmp_path):
     path = tmp_path / "x.ckpt"
     torch.save({"weights": torch.zeros(3)}, path)
     assert f"checkpoint {path} is not a checkpoint of src/train.py" in refused(log_dir, f"ckpt_path={path}")
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_experiment(log_dir, tmp_path):
     path = fake_checkpoint(tmp_path / "k2.ckpt", "k=2")
     msg = refused(log_dir, f"ckpt_path={path}", "k=1")
     assert f"checkpoint {path} is from another experiment (k: 2 there, 1 here)" in msg
 
 
+@pytest.mark.slow
 def test_ckpt_last_without_checkpoints(log_dir):
     msg = refused(log_dir, "ckpt_path=last")
     assert f"ckpt_path=last: no last.ckpt of this experiment under {log_dir}" in msg
@@ -231,6 +253,7 @@ def same_training(path_a, path_b) -> dict:
     return a
 
 
+@pytest.mark.slow
 def test_exact_resume_equals_uninterrupted_run(one_epoch, straight, data_dir, tmp_path):
     # The end-of-epoch checkpoint under its own name, pasted into ckpt_path= as it is (no `=` in it).
     epoch_ckpt = one_epoch.parent / "epoch0000-step10.ckpt"
@@ -262,6 +285,7 @@ def preempted(data_dir, tmp_path_factory):
     return run_dir, at_stop
 
 
+@pytest.mark.slow
 def test_preempted_mid_epoch_resumes_bitwise(preempted, straight):
     run_dir, at_stop = preempted
     assert at_stop == {"d_updates": 7, "g_updates": 7}  # 5 batches of epoch 1 and 2 of epoch 2
@@ -269,6 +293,7 @@ def test_preempted_mid_epoch_resumes_bitwise(preempted, straight):
     assert done["counters"] == {"d_updates": 10, "g_updates": 10}
 
 
+@pytest.mark.slow
 def test_resumed_run_logs_continue_the_same_curves(preempted, straight):
     from report import read_metrics
 
@@ -302,6 +327,7 @@ def wandb_steps(offline_run) -> list[int]:
             and "train/d_loss" in r["history"]["item"]]
 
 
+@pytest.mark.slow
 def test_progress_off_a_terminal_is_a_line_per_epoch(straight):
     _, stderr = straight
     assert "\r" not in stderr  # no bar redrawn for every batch
@@ -312,6 +338,7 @@ def test_progress_off_a_terminal_is_a_line_per_epoch(straight):
     assert len(lines) == 4  # a line every callbacks.progress.every_s (30) seconds, and at each epoch's end
 
 
+@pytest.mark.slow
 def test_max_time_stops_mid_epoch_with_a_checkpoint(data_dir, tmp_path):
     proc = train(data_dir, tmp_path / "timed", "trainer.max_time=00:00:00:01", "trainer.max_epochs=1000", batches=50)
     last = tmp_path / "timed" / "checkpoints" / "last.ckpt"
@@ -323,6 +350,7 @@ def test_max_time_stops_mid_epoch_with_a_checkpoint(data_dir, tmp_path):
     assert position["batches_taken"] == ckpt["counters"]["d_updates"] - 50 * position["epoch"]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(one_epoch, data_dir, tmp_path):
     # The checkpoint's optimisers get a huge lr, so the resumed run blows up in its first updates.
     ckpt = torch.load(one_epoch, map_location="cpu", weights_only=True)
@@ -354,6 +382,7 @@ def test_lightning_sets_the_epoch_of_the_batch_sampler():
     assert sampler.epoch == 1 and [b.tolist() for b in loader] != [b.tolist() for b in first]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_signal_mid_epoch_saves_a_checkpoint_and_training_resumes(data_dir, tmp_path, sig):
     import os
@@ -390,6 +419,7 @@ def test_signal_mid_epoch_saves_a_checkpoint_and_training_resumes(data_dir, tmp_
     assert done["counters"]["d_updates"] == 200, done["counters"]  # the rest of epoch 2, not a whole epoch more
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fallback", [True, False])
 def test_wandb_online_without_network(data_dir, tmp_path, fallback):
     import time
@@ -416,6 +446,7 @@ def test_model_without_nets_for_the_dataset(tmp_path, monkeypatch):
     for path in ["dataset/mnist.yaml", "dataset/cifar10.yaml", "model/maxout.yaml", "paper/maxout_mnist.yaml"]:
         (tmp_path / path).parent.mkdir(exist_ok=True)
         (tmp_path / path).write_text("")
+    (tmp_path / "train.yaml").write_text((REPO / "conf" / "train.yaml").read_text())  # the groups and defaults
     monkeypatch.setattr(preflight, "CONF", tmp_path)
     (found,) = preflight.problems(["dataset=cifar10"])
     assert found.startswith("model 'maxout' has no nets for dataset 'cifar10' (conf/paper/maxout_cifar10.yaml)")
@@ -437,6 +468,7 @@ class StopAtBatch(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_a_stopped_multirun_job_prints_the_command_that_resumes_that_job_alone(data_dir, tmp_path):
     """SIGTERM in job 0 of `-m seed=0,1`: the printed command is job 0's own overrides as one run (not the sweep
     with job 0's checkpoint, which would resume every seed from it), and it continues in job 0's folder."""

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import REPO
@@ -103,7 +104,8 @@ def test_report_shows_the_fid_beside_parzen(tmp_path):
     report.main([str(run)])
     text = (run / "report.md").read_text()
     assert "| val/fid | val/ema_fid | test/fid | test/ema_fid |" in text
-    assert "| 40.10 | 45.50 | 38.00 | 44.00 |" in text  # last epoch's val/fid, then test/fid (one seed: no s.e.)
+    assert "| 40.10 | 45.50 | 38.00 | 44.00 | 7.5000 | - | 9.0 | - |" in text  # last epoch's val/fid, then test/*
+    # (one seed: no s.e.); no EMA figures at test: "-"
     assert "| 38.000 | 7.50000 +- 1.25000 | 9 |" in text
 
 
@@ -155,6 +157,7 @@ def test_report_compares_at_equal_g_updates_and_equal_wall_time(tmp_path):
     assert rows["`k=1`"][6:8] == ["4.5 +- 1.5", "5.5 +- 1.5"] and rows["`k=5`"][6:8] == ["-", "-"]
 
 
+@pytest.mark.slow
 def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
     sweep = tmp_path / "sweep"
     runs = {  # seed: (val/jsd per epoch, val/d_distance per epoch, test/jsd)
@@ -184,6 +187,7 @@ def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
     assert (sweep / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_the_theory_table_gives_the_jsd_at_equal_g_updates(tmp_path):
     sweep = tmp_path / "sweep"
     for seed, jsd in enumerate(([0.3, 0.02, 0.008], [0.4, 0.009, 0.02])):
@@ -204,6 +208,7 @@ def test_the_plot_draws_the_mean_with_its_band_only_where_every_seed_has_a_value
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     import report
 
     fig, ax = plt.subplots()
@@ -216,3 +221,33 @@ def test_the_plot_draws_the_mean_with_its_band_only_where_every_seed_has_a_value
     band = ax.collections[0].get_paths()[0].vertices
     assert band[:, 0].max() == 2  # the band stops where the first seed did
     plt.close(fig)
+
+
+def test_report_reads_the_full_protocol_of_evaluated_checkpoints(tmp_path):
+    """eval.py's parzen.json and quality.json under <run>/eval/*/ become per-epoch rows (the checkpoint's 0-based
+    epoch + 1) for G and its EMA: mean +- s.e. over seeds, the mean within-run s.e. beside Parzen."""
+    import json
+
+    import report
+
+    for seed, (ll, fid, covered) in {1: (100.0, 40.0, 9), 2: (110.0, 50.0, 10)}.items():
+        run = tmp_path / f"seed{seed}"
+        write_rows(run, [f"seed={seed}"], [{"epoch": 0, "val/parzen_ll": 1.0}])
+        for epoch, bonus in ((9, 0.0), (19, 20.0)):
+            folder = run / "eval" / f"e{epoch + 1}"
+            folder.mkdir(parents=True)
+            ckpt = f"{run}/checkpoints/epoch{epoch:04d}-step{1000 * (epoch + 1)}.ckpt"
+            (folder / "parzen.json").write_text(json.dumps(
+                {"ll": ll + bonus, "se": 2.0, "ckpt_path": ckpt, "ema": {"ll": ll + bonus + 5, "se": 3.0}}))
+            (folder / "quality.json").write_text(json.dumps({"rows": {
+                "raw": {"fid": fid - bonus, "kid": 1.0, "classes_covered": covered},
+                "ema": {"fid": fid - bonus + 10, "kid": 2.0, "classes_covered": covered - 1}}}))
+    report.main([str(tmp_path / "seed1"), str(tmp_path / "seed2"), "--out", str(tmp_path)])
+    text = (tmp_path / "report.md").read_text()
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| `defaults` | ")}
+    # epoch 10: Parzen 100, 110 -> 105 +- 5; FID 40, 50 -> 45 +- 5; EMA 5 nats above, FID 10 above, a class fewer
+    assert rows["10"][2:] == ["2", "105.0 +- 5.0 (+- 2.0)", "45.0 +- 5.0", "1.00 +- 0.00", "9.5 +- 0.5",
+                              "110.0 +- 5.0 (+- 3.0)", "55.0 +- 5.0", "2.00 +- 0.00", "8.5 +- 0.5"]
+    assert rows["20"][3] == "125.0 +- 5.0 (+- 2.0)" and rows["20"][4] == "25.0 +- 5.0"
+    assert (tmp_path / "report_protocol.png").is_file()

@@ -52,6 +52,7 @@ def fit(data_dir, tmp_path, *overrides, batches=30):
     return module, trainer, events, recorder.batches
 
 
+@pytest.mark.slow
 def test_algorithm_1_with_k_3(data_dir, tmp_path):
     module, trainer, events, batches = fit(data_dir, tmp_path, "k=3")
     d_opt, g_opt = trainer.optimizers
@@ -73,6 +74,7 @@ def test_algorithm_1_with_k_3(data_dir, tmp_path):
     assert len({tuple(z[0].tolist()) for z in noises}) == len(noises)  # fresh noise every time
 
 
+@pytest.mark.slow
 def test_simultaneous_updates_both_nets_from_one_forward_pass(data_dir, tmp_path):
     module, trainer, events, batches = fit(data_dir, tmp_path, "schedule=simultaneous", "k=1")
     assert (module.d_updates, module.g_updates) == (30, 30)

@@ -43,6 +43,7 @@ def tfd(data_dir, *overrides):
     return dm
 
 
+@pytest.mark.slow
 def test_tfd_splits_per_fold(tmp_path):
     mat = write_tfd(tmp_path / "TFD" / "TFD_48x48.mat")
     assert loadmat(str(tmp_path / "TFD" / "TFD_48x48.mat"))["images"].dtype == np.uint8

@@ -17,6 +17,7 @@ def test_over_folds_mean_and_standard_error():
     assert mean == 3.0 and se == pytest.approx(math.sqrt(2.0) / math.sqrt(5))
 
 
+@pytest.mark.slow
 def test_eval_tfd_scores_every_fold(tmp_path):
     write_tfd(tmp_path / "TFD" / "TFD_48x48.mat")
     proc = run_script("eval.py", "reference=true_data", "dataset=tfd", f"paths.data_dir={tmp_path}", "logger=none",

@@ -20,6 +20,7 @@ RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", list(RUNS))
 def test_train_command_runs(tmp_path, experiment):
     write_tfd(tmp_path / "TFD" / "TFD_48x48.mat")

@@ -132,6 +132,7 @@ def last_before(events: list, kind: str, index: int):
     return [value for name, value in events[:index] if name == kind][-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["minimax", "nonsaturating"])
 @pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
 def test_generator_step_is_minus_lr_times_its_gradient_at_the_right_discriminator(fits, schedule, loss):
@@ -160,6 +161,7 @@ def test_generator_step_is_minus_lr_times_its_gradient_at_the_right_discriminato
         velocity = expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["minimax", "nonsaturating"])
 @pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
 def test_discriminator_step_is_its_own_and_g_step_leaves_d_untouched(fits, schedule, loss):

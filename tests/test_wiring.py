@@ -408,13 +408,17 @@ def test_the_settings_replayed_here_are_the_composed_defaults():
         opt.momentum_start, opt.momentum_end, opt.momentum_saturate_epoch)
 
 
-@pytest.mark.parametrize("schedule, k, batches", [("alternating", 2, 4), ("simultaneous", 1, 2)])
-def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches):
-    """model.ema_decay=0.5: the EMA starts at G's weights as the fit starts (after G's output bias is set from
-    the data), is left alone by every D step, and after each G update (only then) becomes
-    0.5 * EMA + 0.5 * G, with G as that update left it."""
-    decay = 0.5
-    _, events, _ = fits(f"ema_{schedule}", ["model.ema_decay=0.5", f"schedule={schedule}", f"k={k}"], batches=batches)
+@pytest.mark.parametrize("schedule, k, batches, decay, rampup", [("alternating", 2, 4, 0.5, None),
+                                                                   ("simultaneous", 1, 2, 0.5, None),
+                                                                   ("alternating", 1, 3, 0.9, 0.5)])
+def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches, decay, rampup):
+    """model.ema_decay (and ema_rampup): the EMA starts at G's weights as the fit starts (after G's output bias is
+    set from the data), is left alone by every D step, and after G's n-th update (only then) becomes
+    beta_n EMA + (1 - beta_n) G, with G as that update left it: beta_n = decay without a ramp-up, else
+    0.5^(1 / min(h, rampup n)), h = ln(1/2) / ln(decay) the half-life at full horizon."""
+    overrides = [f"model.ema_decay={decay}", f"model.ema_rampup={'null' if rampup is None else rampup}",
+                 f"schedule={schedule}", f"k={k}"]
+    _, events, _ = fits(f"ema_{schedule}_{k}_{rampup}", overrides, batches=batches)
     start = events[0][1]
     bias = [n for n in start["G"] if n.endswith("bias")][-1]  # the output layer's
     assert float(start["G"][bias].mean()) == pytest.approx(math.log(0.3 / 0.7), abs=0.05)
@@ -427,8 +431,9 @@ def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches
             assert torch.equal(flat(value["EMA"]), expected), (i, name)
         if name == "end":
             if events[i - 1][0] == "G_post":
-                expected = decay * expected + (1 - decay) * flat(value["G"])
                 g_updates += 1
+                beta = decay if rampup is None else 0.5 ** (1 / min(math.log(0.5) / math.log(decay), rampup * g_updates))
+                expected = beta * expected + (1 - beta) * flat(value["G"])
             assert torch.allclose(flat(value["EMA"]), expected, rtol=0, atol=1e-6), (i, g_updates)
             expected = flat(value["EMA"])  # go on from the float32 average, bit for bit
     assert g_updates == batches // k
@@ -446,6 +451,7 @@ RESUME_CHANGES = {
     "k": ["k=2"],
     "schedule": ["schedule=simultaneous"],
     "seed": ["seed=1"],
+    "optimizer.name": ["optimizer=adam"],
     "stabilisers": ["stabilisers.r1_gamma=1.0", "stabilisers.r1_gamma=null", "stabilisers.instance_noise_std=0.1",
                     "stabilisers.instance_noise_anneal_updates=10"],
 }
@@ -492,7 +498,8 @@ def test_resume_with_the_same_experiment_is_accepted(checkpoint, override):
 
 
 # --- evaluation: each per-epoch and final metric reads the rows and the sizes its options name ------------------
-EVAL = ["trainer.limit_val_batches=null", "quality.features=auto", "model.ema_decay=0.5", "parzen.val_samples=150",
+EVAL = ["trainer.limit_val_batches=null", "quality.features=auto", "model.ema_decay=0.5", "model.ema_rampup=null",
+        "parzen.val_samples=150",
         "parzen.test_samples=130", "dataset.parzen_val_select=40", "dataset.parzen_val_points=60",
         "dataset.parzen_select=70", "quality.val_samples=300", "quality.test_samples=250",
         "quality.val_kid_subsets=3", "quality.kid_subsets=4", "quality.kid_subset_size=50"]

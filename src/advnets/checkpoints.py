@@ -22,7 +22,8 @@ def check_ckpt_path(ckpt_path) -> Path:
 
 
 # What makes two runs the same experiment: a checkpoint of another one is refused.
-EXPERIMENT_KEYS = ("dataset.name", "dataset.shape", "model", "loss", "k", "schedule", "seed", "stabilisers")
+EXPERIMENT_KEYS = ("dataset.name", "dataset.shape", "model", "loss", "k", "schedule", "seed", "stabilisers",
+                   "optimizer.name")
 
 
 def experiment(config: dict | DictConfig) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The run config: the `repo_root` resolver conf/ uses, and the checks that refuse settings which cannot train."""
+"""The run config: the resolvers conf/ uses, which overrides name a run, and the checks that refuse settings which
+cannot train (each range checked here once; each choice against the registry beside its builder)."""
 
 from __future__ import annotations
 
@@ -9,53 +10,98 @@ from omegaconf import DictConfig, OmegaConf
 from advnets.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if not OmegaConf.has_resolver("repo_root"):
-    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+# Which command-line overrides say what a run is, defined here once (advnets.checkpoints.EXPERIMENT_KEYS says which
+# settings a resumed checkpoint must share):
+# - NOT_IN_RUN_NAME: where a run reads and writes and how it reaches W&B. Left out of the run's name (Hydra's
+#   override_dirname: the W&B run name, report.py's labels): conf/hydra/default.yaml's exclude_keys reads it.
+NOT_IN_RUN_NAME = ("ckpt_path", "paths.data_dir", "paths.log_dir", "hydra.run.dir", "hydra.sweep.dir",
+                   "logger.wandb.mode", "logger.wandb.group")
+# - NOT_A_SETTING: the seed, and what leaves the training up to a given epoch as it is (how long a run goes, what
+#   it saves or shows, whether a collapsed run stops). report.py counts runs whose names differ only in these as
+#   seeds of one setting, so a 30-epoch run and a 15-epoch run of the same settings are seeds of one row.
+NOT_A_SETTING = ("seed", "trainer.max_epochs", "trainer.enable_progress_bar", "callbacks.checkpoint",
+                 "callbacks.collapse.stop")
+
+for _name, _resolve in (("repo_root", lambda: str(REPO_ROOT)), ("not_in_run_name", lambda: list(NOT_IN_RUN_NAME))):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolve)
+
+
+def mnist_mirror() -> Path:
+    """conf/paths/default.yaml's mnist_mirror, for code that composes no config (the tests, the benchmarks)."""
+    paths = OmegaConf.create({"paths": OmegaConf.load(REPO_ROOT / "conf" / "paths" / "default.yaml")}).paths
+    return Path(paths.mnist_mirror)
+
 
 # The update schedules GAN.training_step implements (here, so that checking a config imports no Lightning).
 SCHEDULES = ("alternating", "simultaneous")
 
 
+def check_choice(key: str, value, registry) -> None:
+    """Refuse `key=value` unless the registry beside its builder has it (e.g. advnets.nets.NETS for model.name)."""
+    if value not in registry:
+        raise UserError(f"{key} must be one of {', '.join(registry)}, got {value!r}")
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Refuse settings that cannot train, before any work is done."""
+    """Refuse settings that cannot train, before any work is done. Each range is checked here and only here; each
+    choice against the registry beside its builder."""
     from advnets.losses import GENERATOR_LOSSES
+    from advnets.metrics import EVALUATIONS
+    from advnets.nets import NETS
+    from advnets.noise import NOISES
+    from advnets.optim import OPTIMIZERS
 
     if not isinstance(cfg.k, int) or cfg.k < 1:
         raise UserError(f"k must be an integer >= 1 (discriminator steps per generator step), got {cfg.k!r}")
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
-    if cfg.loss.generator not in GENERATOR_LOSSES:
-        raise UserError(f"loss.generator must be one of {', '.join(GENERATOR_LOSSES)}, got {cfg.loss.generator!r}")
-    if int(cfg.dataset.batch_size) < 1:
-        raise UserError(f"dataset.batch_size must be >= 1, got {cfg.dataset.batch_size}")
+    check_choice("schedule", cfg.schedule, SCHEDULES)
+    if cfg.schedule == "simultaneous" and cfg.k != 1:  # the step would ignore k: a k sweep of identical runs
+        raise UserError(f"schedule=simultaneous makes one D and one G update per minibatch, so k must be 1 there, got "
+                        f"k={cfg.k}; k D-steps per G-step is Algorithm 1: schedule=alternating")
+    check_choice("model.name", cfg.model.name, NETS)
+    check_choice("model.noise", cfg.model.noise, NOISES)
+    check_choice("loss.generator", cfg.loss.generator, GENERATOR_LOSSES)
+    check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
+    check_choice("dataset.evaluation", cfg.dataset.evaluation, EVALUATIONS)
+    for key in ("batch_size", "eval_batch_size"):
+        if key in cfg.dataset and int(cfg.dataset[key]) < 1:  # (1-D data draws its batches: no eval_batch_size)
+            raise UserError(f"dataset.{key} must be >= 1, got {cfg.dataset[key]}")
     for key in ("lr", "d_lr", "g_lr"):
-        if cfg.optimizer.get(key) is not None and float(cfg.optimizer[key]) <= 0:
+        if float(cfg.optimizer[key]) <= 0:
             raise UserError(f"optimizer.{key} must be > 0, got {cfg.optimizer[key]}")
-    from advnets.metrics import EVALUATIONS
-
-    if cfg.dataset.get("evaluation", "images") not in EVALUATIONS:
-        raise UserError(f"dataset.evaluation must be one of {', '.join(EVALUATIONS)}, got {cfg.dataset.evaluation!r}")
     check_additions(cfg)
     check_devices(cfg.trainer)
 
 
 def check_additions(cfg: DictConfig) -> None:
     """The stabilisers and the EMA of G: values outside their ranges are refused with the range."""
-    stabilisers = cfg.get("stabilisers") or {}
-    if stabilisers.get("r1_gamma") is not None and float(stabilisers.r1_gamma) <= 0:
+    stabilisers = cfg.stabilisers
+    if stabilisers.r1_gamma is not None and float(stabilisers.r1_gamma) <= 0:
         raise UserError(f"stabilisers.r1_gamma must be > 0 (null: off), got {stabilisers.r1_gamma}")
-    if stabilisers.get("instance_noise_std") is not None:
+    if stabilisers.instance_noise_std is not None:
         if float(stabilisers.instance_noise_std) <= 0:
             raise UserError(f"stabilisers.instance_noise_std must be > 0 (null: off), got {stabilisers.instance_noise_std}")
-        if int(stabilisers.get("instance_noise_anneal_updates") or 0) < 1:
+        if int(stabilisers.instance_noise_anneal_updates) < 1:
             raise UserError("stabilisers.instance_noise_anneal_updates must be >= 1, "
-                            f"got {stabilisers.get('instance_noise_anneal_updates')}")
-    real_label = float(cfg.loss.get("real_label", 1.0))
+                            f"got {stabilisers.instance_noise_anneal_updates}")
+    real_label = float(cfg.loss.real_label)
     if not 0.5 < real_label <= 1.0:
         raise UserError(f"loss.real_label must be in (0.5, 1] (1: no label smoothing), got {real_label}")
     decay = cfg.model.get("ema_decay")
     if decay is not None and not 0.0 < float(decay) < 1.0:
         raise UserError(f"model.ema_decay must be in (0, 1) (null: no EMA of G), got {decay}")
+    anneal = cfg.optimizer.get("anneal_epochs")
+    if anneal is not None:
+        max_epochs = int(cfg.trainer.max_epochs if cfg.trainer.max_epochs is not None else -1)
+        if not isinstance(anneal, int) or anneal < 1:
+            raise UserError(f"optimizer.anneal_epochs must be an integer >= 1 (null: no anneal), got {anneal!r}")
+        if max_epochs < anneal:
+            raise UserError(f"optimizer.anneal_epochs={anneal} anneals over the last epochs of trainer.max_epochs, "
+                            f"which is {max_epochs}: set trainer.max_epochs >= {anneal}")
+    rampup = cfg.model.get("ema_rampup")
+    if rampup is not None and float(rampup) <= 0:
+        raise UserError(f"model.ema_rampup must be > 0 (null: no ramp-up), got {rampup}")
 
 
 def check_devices(trainer_cfg: DictConfig) -> None:

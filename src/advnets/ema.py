@@ -1,7 +1,14 @@
-"""An exponential moving average of G's weights (Yazici et al. 2019), sampled from instead of G when asked.
+"""An exponential moving average of G's weights (Yazici et al. 2019), sampled from beside G.
 
-After every G update: w_ema <- decay * w_ema + (1 - decay) * w, for every parameter; buffers are
-copied. It starts from G's weights when a fresh fit starts and lives in the module's state_dict
+After the n-th G update (n = 1, 2, ...): w_ema <- beta_n * w_ema + (1 - beta_n) * w, for every
+parameter; buffers are copied. At full horizon beta_n = `decay`, whose half-life is
+h = ln(1/2) / ln(decay) G updates. With a ramp-up r (StyleGAN2-ADA's ema_rampup) the half-life
+after n updates is min(h, r * n), so beta_n = 0.5 ** (1 / min(h, r * n)): the average never holds
+more than a fraction of the updates made so far and forgets the random start, which a constant
+0.9999 does not (0.9999^15000 = 22% of the initial weights are still in it after 15,000 updates).
+Without a ramp-up beta_n = decay.
+
+It starts from G's weights when a fresh fit starts and lives in the module's state_dict
 (`generator_ema.*`), so checkpoints hold it and a resume continues it exactly. It changes nothing
 in training: D only ever sees the raw G.
 """
@@ -9,17 +16,26 @@ in training: D only ever sees the raw G.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
 
+def ema_beta(n: int, decay: float, rampup: float | None) -> float:
+    """The weight of the old average at the n-th G update (n >= 1)."""
+    if rampup is None:
+        return decay
+    half_life = min(math.log(0.5) / math.log(decay), rampup * n)
+    return 0.5 ** (1.0 / half_life)
+
+
 class GeneratorEMA(nn.Module):
-    def __init__(self, generator: nn.Module, decay: float):
+    def __init__(self, generator: nn.Module, decay: float, rampup: float | None = None):
         super().__init__()
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"model.ema_decay must be in (0, 1), got {decay}")
+        # The ranges are checked once, with the rest of the config (advnets.config.check_additions).
         self.decay = float(decay)
+        self.rampup = None if rampup is None else float(rampup)
         self.generator = copy.deepcopy(generator).requires_grad_(False)
 
     @torch.no_grad()
@@ -28,8 +44,10 @@ class GeneratorEMA(nn.Module):
         self.generator.load_state_dict(generator.state_dict())
 
     @torch.no_grad()
-    def update(self, generator: nn.Module) -> None:
+    def update(self, generator: nn.Module, n: int) -> None:
+        """Fold in G's weights after its n-th update."""
         averaged = list(self.generator.parameters())
-        torch._foreach_lerp_(averaged, [p.detach() for p in generator.parameters()], 1.0 - self.decay)
+        weight = 1.0 - ema_beta(n, self.decay, self.rampup)
+        torch._foreach_lerp_(averaged, [p.detach() for p in generator.parameters()], weight)
         for mine, theirs in zip(self.generator.buffers(), generator.buffers()):
             mine.copy_(theirs)

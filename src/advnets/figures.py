@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from advnets.nets import eval_mode
+
 
 def display(images: Tensor) -> Tensor:
     """Images in [0, 1] for viewing: data already in [0, 1] is kept, anything else is min-max scaled per image."""
@@ -77,14 +79,9 @@ def save_figures(module, train_data: Tensor, folder: Path, seed: int = 0, which:
     from torchvision.utils import save_image
 
     gen = torch.Generator(device=module.device).manual_seed(seed)
-    net = module.generator_for(which)
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(module.generator_for(which)) as net:
         fig2 = figure_2(module.sample(5 * 5, gen, which=which), train_data)
         fig3 = figure_3(net, module.noise(8, gen), module.noise(8, gen))
-    finally:
-        net.train(was_training)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"figure_2": folder / "figure_2.png", "figure_3": folder / "figure_3.png"}
     save_image(fig2, paths["figure_2"])

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from advnets.errors import Preempted, TrainingDiverged
+from advnets.lightning_internals import write_step_metrics_now
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -20,10 +21,11 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
 
 
 class DivergenceGuard(pl.Callback):
-    """After every batch: stop if a loss or a parameter is NaN or infinite (before anything is saved)."""
+    """After every batch: stop if a loss (of the module's step_record) or a parameter is NaN or infinite (before
+    anything is saved)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        losses = {k: v for k, v in getattr(pl_module, "_last", {}).items() if k.endswith("_loss")}
+        losses = {k: v for k, v in pl_module.step_record.items() if k.endswith("_loss")}
         bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
         if not bad:
             # One sync: a sum is non-finite when any element is (or the weights have blown up anyway).
@@ -93,7 +95,7 @@ class PreemptionHandler(pl.Callback):
         if reason is None:
             return
         # This batch's step metrics: Lightning writes them after the batch-end hooks, which stop here.
-        trainer._logger_connector.update_train_step_metrics()
+        write_step_metrics_now(trainer)
         dirpath = Path(trainer.checkpoint_callback.dirpath)
         path, tmp = dirpath / "last.ckpt", dirpath / ".last.ckpt.partial"
         trainer.save_checkpoint(tmp)  # then renamed: a kill during the save leaves the old last.ckpt whole
@@ -105,7 +107,7 @@ class PreemptionHandler(pl.Callback):
 class CollapseMonitor(pl.Callback):
     """Marks a run collapsed (D has won) and optionally stops it; logs train/collapsed every epoch.
 
-    The epoch's mean D(x) and D(G(z)) over its D updates are compared with the thresholds; `epochs`
+    The epoch's mean D(x) and D(G(z)) over its D updates (`d_real`, `d_fake` of the module's step_record) are compared with the thresholds; `epochs`
     consecutive epochs past both mark the run collapsed, and it stays marked. D(x)'s threshold is a fraction
     of D's target for real data (`real_label`): with label smoothing (target 0.9) a D that has won sits at
     D(x) = 0.9, never above 0.99.
@@ -122,7 +124,7 @@ class CollapseMonitor(pl.Callback):
         self._sums.zero_()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        last = pl_module._last
+        last = pl_module.step_record
         if "d_real" in last:
             self._sums += torch.tensor([float(last["d_real"]), float(last["d_fake"]), 1.0], dtype=torch.float64)
 

@@ -34,10 +34,11 @@ def ranks_rerun_command(trainer_cfg: DictConfig) -> bool:
     True for `strategy=ddp*` with several processes per node, unless torchrun or SLURM started the ranks.
     """
     import pytorch_lightning as pl
-    from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+
+    from advnets.lightning_internals import starts_ranks_by_rerunning_the_command
 
     strategy = pl.Trainer(**trainer_cfg, logger=False, enable_checkpointing=False).strategy
-    return (isinstance(strategy.launcher, _SubprocessScriptLauncher) and strategy.num_processes > 1
+    return (starts_ranks_by_rerunning_the_command(strategy) and strategy.num_processes > 1
             and not strategy.cluster_environment.creates_processes_externally)
 
 

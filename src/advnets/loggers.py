@@ -15,7 +15,7 @@ def run_name(cfg: DictConfig) -> str:
     """The W&B run name: the config's, else the command-line overrides (e.g. 'k=2,loss=minimax')."""
     from hydra.core.hydra_config import HydraConfig
 
-    name = cfg.logger.get("wandb", {}).get("name")
+    name = cfg.logger.wandb.name
     if name:
         return str(name)
     if HydraConfig.initialized():
@@ -23,6 +23,14 @@ def run_name(cfg: DictConfig) -> str:
         if dirname:
             return dirname
     return "defaults"
+
+
+def log_image(module, key: str, images: list, **kwargs) -> None:
+    """Log `images` (tensors or PNG paths) as `key` at the module's global step, to each of its loggers that takes
+    images (W&B; the CSV logger takes none)."""
+    for logger in module.loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=key, images=images, step=module.trainer.global_step, **kwargs)
 
 
 def wandb_run_id(run_folder: Path) -> str | None:
@@ -60,10 +68,10 @@ def wandb_mode(w: DictConfig) -> str:
     url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=float(w.get("connect_timeout", 10))).close()
+                                 timeout=float(w.connect_timeout)).close()
         return "online"
     except OSError as e:
-        if not w.get("offline_fallback", True):
+        if not w.offline_fallback:
             raise UserError(f"W&B server {url.hostname} unreachable ({e}); set WANDB_MODE=offline or "
                             f"logger.wandb.offline_fallback=true") from None
         print(f"warning: W&B server {url.hostname} unreachable ({e}): logging offline to {w.save_dir}/wandb; "

@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-GENERATOR_LOSSES = ("minimax", "nonsaturating")
-
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, scale: float = 0.5, real_label: float = 1.0) -> Tensor:
     """-scale * [mean log D(x) + mean log(1 - D(G(z)))]: D ascends V. The official code uses scale 0.5.
@@ -24,10 +22,22 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, scale: float = 
     return scale * (real_term + F.softplus(fake_logits).mean())
 
 
+def minimax(fake_logits: Tensor) -> Tensor:
+    """G minimises mean log(1 - D(G(z))): the value function as written."""
+    return -F.softplus(fake_logits).mean()
+
+
+def nonsaturating(fake_logits: Tensor) -> Tensor:
+    """G maximises mean log D(G(z)) (paper section 3)."""
+    return F.softplus(-fake_logits).mean()
+
+
+# loss.generator -> G's loss: the one list of generator losses (each has conf/loss/<name>.yaml).
+GENERATOR_LOSSES = {"minimax": minimax, "nonsaturating": nonsaturating}
+
+
 def generator_loss(fake_logits: Tensor, kind: str) -> Tensor:
-    """minimax: G minimises mean log(1 - D(G(z))); nonsaturating: G maximises mean log D(G(z))."""
-    if kind == "minimax":
-        return -F.softplus(fake_logits).mean()
-    if kind == "nonsaturating":
-        return F.softplus(-fake_logits).mean()
-    raise ValueError(f"unknown generator loss {kind!r}: choose one of {', '.join(GENERATOR_LOSSES)}")
+    """G's loss `kind` (GENERATOR_LOSSES) on D's logits of generated data."""
+    if kind not in GENERATOR_LOSSES:
+        raise ValueError(f"unknown loss.generator {kind!r}: choose one of {', '.join(GENERATOR_LOSSES)}")
+    return GENERATOR_LOSSES[kind](fake_logits)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import logging
 import time
 from typing import Any
 
@@ -12,21 +12,17 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from advnets.ema import GeneratorEMA
+from advnets.lightning_internals import logs_this_step
 from advnets.losses import discriminator_loss, generator_loss
 from advnets.metrics import build_evaluation
 from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
 from advnets.nets.stages import init_from, load_generator_tail
-from advnets.optim import build_optimizer, start_epoch
-from advnets.seeds import derive_seed
+from advnets.noise import draw_noise
+from advnets.optim import anneal_factor, anneal_lr, apply_config, build_optimizer, start_epoch
+from advnets.seeds import DROPOUT_MASKS, SAMPLES, derive_seed
 from advnets.stabilisers import build_stabilisers
 
-def draw_noise(n: int, dim: int, kind: str, generator: torch.Generator, device: torch.device | str) -> Tensor:
-    """The one place noise is drawn. uniform: U(-sqrt 3, sqrt 3)^dim (unit variance); normal: N(0, I)."""
-    if kind == "uniform":
-        return (torch.rand(n, dim, generator=generator, device=device) * 2 - 1) * math.sqrt(3.0)
-    if kind == "normal":
-        return torch.randn(n, dim, generator=generator, device=device)
-    raise ValueError(f"unknown noise {kind!r}: choose uniform or normal")
+log = logging.getLogger(__name__)
 
 
 class GAN(pl.LightningModule):
@@ -52,7 +48,8 @@ class GAN(pl.LightningModule):
         self.discriminator = build_discriminator(self.cfg.model, self.shape)
         # Optional (None: off): the averaged G, sampled from beside G; R1 on real data; noise on D's inputs.
         ema_decay = self.cfg.model.get("ema_decay")
-        self.generator_ema = GeneratorEMA(self.generator, float(ema_decay)) if ema_decay else None
+        self.generator_ema = (GeneratorEMA(self.generator, float(ema_decay), self.cfg.model.get("ema_rampup"))
+                              if ema_decay else None)
         self.r1, self.instance_noise = build_stabilisers(self.cfg.get("stabilisers") or {})
         if self.cfg.model.get("compile"):
             # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are.
@@ -63,7 +60,10 @@ class GAN(pl.LightningModule):
         self.register_buffer("fixed_z", self.noise(100, fixed, device="cpu"))
         self.d_updates = 0
         self.g_updates = 0
-        self._last: dict[str, Tensor] = {}  # the latest losses and D outputs, for logging
+        # The record of the latest training step, which the train/* logs, the callbacks (advnets.guards) and the
+        # progress lines read: d_loss, d_real and d_fake (mean D(x), D(G(z)) over the batch) after each D update,
+        # g_loss after each G update, r1_penalty when R1 is on, g_grad_norm at each G update; detached tensors.
+        self.step_record: dict[str, Tensor] = {}
         # Parzen and sample grids for images, D* and the JSD for 1-D data: dataset.evaluation says which.
         self.evaluation = build_evaluation(self.cfg, has_ema=self.generator_ema is not None)
         self._noise_gen: torch.Generator | None = None
@@ -97,7 +97,7 @@ class GAN(pl.LightningModule):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, batch: int = 2000, which: str = "raw") -> Tensor:
         """n samples from G, or from its average (`which="ema"`), drawn in chunks to bound memory."""
-        gen = generator if generator is not None else self.seeded_generator(-1)
+        gen = generator if generator is not None else self.seeded_generator(SAMPLES)
         net = self.generator_for(which)
         return torch.cat([net(self.noise(min(batch, n - i), gen)) for i in range(0, n, batch)])
 
@@ -124,6 +124,13 @@ class GAN(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._fit_start = time.monotonic()
+        if self.trainer.ckpt_path is not None:
+            # The restored optimisers carry the checkpoint's settings: this command's optimizer.* values win.
+            opt = self.cfg.optimizer
+            for net, wrapper, lr in (("D", self.optimizers()[0], opt.get("d_lr")), ("G", self.optimizers()[1], opt.get("g_lr"))):
+                changed = apply_config(wrapper.optimizer, opt, lr)
+                if changed:
+                    log.info("Resumed %s optimiser with this command's settings: %s", net, ", ".join(changed))
 
     def on_train_epoch_start(self) -> None:
         for opt in self.optimizers():
@@ -135,7 +142,13 @@ class GAN(pl.LightningModule):
         # even mid-epoch, draws exactly what the uninterrupted run drew there.
         epoch = self.current_epoch + 1
         self._noise_gen = self.seeded_generator(epoch, batch_idx)
-        torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, 7))
+        torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, DROPOUT_MASKS))
+        anneal_epochs = self.cfg.optimizer.get("anneal_epochs")
+        if anneal_epochs:  # a function of the position in training alone, so a resume anneals as the run would
+            factor = anneal_factor(self.current_epoch + batch_idx / self.trainer.num_training_batches,
+                                   int(self.trainer.max_epochs), int(anneal_epochs))
+            for opt in self.optimizers():
+                anneal_lr(opt.optimizer, factor)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         d_opt, g_opt = self.optimizers()
@@ -146,7 +159,7 @@ class GAN(pl.LightningModule):
             if self.d_updates % self.k == 0:
                 self._generator_step(len(batch), g_opt)
         # Only build the metrics dict on the steps Lightning will actually write (log_every_n_steps).
-        if self.trainer._logger_connector.should_update_logs:
+        if logs_this_step(self):
             self._log_train()
 
     def _discriminator_step(self, real: Tensor, d_opt) -> None:
@@ -159,7 +172,7 @@ class GAN(pl.LightningModule):
         d_opt.step()
         self._after_update(self.discriminator)
         self.d_updates += 1
-        self._last.update(d_loss=d_loss.detach(), d_real=torch.sigmoid(real_logits.detach()).mean(),
+        self.step_record.update(d_loss=d_loss.detach(), d_real=torch.sigmoid(real_logits.detach()).mean(),
                           d_fake=torch.sigmoid(fake_logits.detach()).mean())
 
     def _discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -167,7 +180,7 @@ class GAN(pl.LightningModule):
         real, fake = self._d_input(real), self._d_input(fake)
         if self.r1 is not None:
             real_logits, penalty = self.r1.logits_and_penalty(self.discriminator, real)
-            self._last["r1_penalty"] = penalty.detach()
+            self.step_record["r1_penalty"] = penalty.detach()
         else:
             real_logits, penalty = self.discriminator(real), 0.0
         fake_logits = self.discriminator(fake)
@@ -190,9 +203,9 @@ class GAN(pl.LightningModule):
         self._measure_generator_gradient()
         g_opt.step()
         self._after_update(self.generator)
-        self._update_ema()
         self.g_updates += 1
-        self._last["g_loss"] = g_loss.detach()
+        self._update_ema()
+        self.step_record["g_loss"] = g_loss.detach()
 
     def _generator_loss_and_grad(self, fake: Tensor, fake_logits: Tensor | None = None, fake_in: Tensor | None = None):
         """G's loss and its gradient w.r.t. the samples, without computing D's weight gradients.
@@ -223,10 +236,10 @@ class GAN(pl.LightningModule):
         g_opt.step()
         self._after_update(self.discriminator)
         self._after_update(self.generator)
-        self._update_ema()
         self.d_updates += 1
         self.g_updates += 1
-        self._last.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
+        self._update_ema()
+        self.step_record.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
                           d_real=torch.sigmoid(real_logits.detach()).mean(),
                           d_fake=torch.sigmoid(fake_logits.detach()).mean())
 
@@ -237,7 +250,7 @@ class GAN(pl.LightningModule):
         every later row, so one measured on logged steps only would show, on a logged step without a G update
         (k > 1), the norm of a G update many steps back."""
         grads = [p.grad for p in self.generator.parameters() if p.grad is not None]
-        self._last["g_grad_norm"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.step_record["g_grad_norm"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     def _after_update(self, net: torch.nn.Module) -> None:
         if self.cfg.model.get("max_col_norm"):
@@ -245,12 +258,12 @@ class GAN(pl.LightningModule):
 
     def _update_ema(self) -> None:
         if self.generator_ema is not None:
-            self.generator_ema.update(self.generator)
+            self.generator_ema.update(self.generator, self.g_updates)
 
     def _train_metrics(self) -> dict[str, Any]:
         group = self.optimizers()[0].optimizer.param_groups[0]
         momentum = group["momentum"] if "momentum" in group else group["betas"][0]
-        metrics = {f"train/{k}": v for k, v in self._last.items()}
+        metrics = {f"train/{k}": v for k, v in self.step_record.items()}
         metrics.update({"train/d_updates": float(self.d_updates), "train/g_updates": float(self.g_updates),
                         "train/lr": float(group["lr"]), "train/momentum": float(momentum),
                         "train/elapsed_s": self.training_seconds()})

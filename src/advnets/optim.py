@@ -1,4 +1,6 @@
-"""The one place optimisers are built: the paper's SGD with classic momentum, or Adam."""
+"""The one place optimisers are built (the paper's SGD with classic momentum, or Adam) and their
+schedules applied: the momentum ramp per epoch, the optional lr anneal per batch, and the config's
+values on a resumed optimiser."""
 
 from __future__ import annotations
 
@@ -18,10 +20,13 @@ class ClassicMomentum(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.5,
                  lr_decay: float = 1.000004, min_lr: float = 1e-6):
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        # lr_scale: the anneal's factor on top of the decay (1: none; see anneal_lr).
         super().__init__(params, dict(lr=lr, lr0=lr, momentum=momentum, lr_decay=lr_decay,
-                                      min_lr=min_lr, updates=0))
+                                      min_lr=min_lr, updates=0, lr_scale=1.0))
+
+    @staticmethod
+    def lr_at(group: dict, updates: int) -> float:
+        return max(group["lr0"] / group["lr_decay"] ** updates, group["min_lr"]) * group.get("lr_scale", 1.0)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -30,7 +35,7 @@ class ClassicMomentum(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr = max(group["lr0"] / group["lr_decay"] ** group["updates"], group["min_lr"])
+            lr = self.lr_at(group, group["updates"])
             params = [p for p in group["params"] if p.grad is not None]
             velocities = []
             for p in params:
@@ -44,7 +49,7 @@ class ClassicMomentum(torch.optim.Optimizer):
                 torch._foreach_add_(params, velocities)
             group["updates"] += 1
             # The lr the next update will use, which is what a logger wants to show.
-            group["lr"] = max(group["lr0"] / group["lr_decay"] ** group["updates"], group["min_lr"])
+            group["lr"] = self.lr_at(group, group["updates"])
         return loss
 
 
@@ -54,15 +59,28 @@ def momentum_at(epoch: int, start: float, end: float, saturate_epoch: int) -> fl
     return start + (end - start) * frac
 
 
+def _momentum(params: Iterable[Tensor], cfg: Mapping, lr: float) -> torch.optim.Optimizer:
+    return ClassicMomentum(params, lr=lr, momentum=float(cfg["momentum_start"]), lr_decay=float(cfg["lr_decay"]),
+                           min_lr=float(cfg["min_lr"]))
+
+
+def _adam(params: Iterable[Tensor], cfg: Mapping, lr: float) -> torch.optim.Optimizer:
+    adam = torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]))
+    for group in adam.param_groups:  # saved with the state, like ClassicMomentum's lr0 and lr_scale
+        group.update(base_lr=lr, lr_scale=1.0)
+    return adam
+
+
+# optimizer.name -> builder: the one list of optimisers (each has conf/optimizer/<name>.yaml). The lr ranges are
+# checked once, in advnets.config.check_config.
+OPTIMIZERS = {"momentum": _momentum, "adam": _adam}
+
+
 def build_optimizer(params: Iterable[Tensor], cfg: Mapping, lr: float | None = None) -> torch.optim.Optimizer:
     """The optimiser `cfg` names; `lr` (this net's own, e.g. optimizer.d_lr) replaces cfg.lr when given."""
-    lr = float(cfg["lr"] if lr is None else lr)
-    if cfg["name"] == "momentum":
-        return ClassicMomentum(params, lr=lr, momentum=float(cfg["momentum_start"]),
-                               lr_decay=float(cfg["lr_decay"]), min_lr=float(cfg["min_lr"]))
-    if cfg["name"] == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]))
-    raise ValueError(f"unknown optimizer {cfg['name']!r}: choose momentum or adam")
+    if cfg["name"] not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer.name {cfg['name']!r}: choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg["name"]](params, cfg, float(cfg["lr"] if lr is None else lr))
 
 
 def start_epoch(optimizer: torch.optim.Optimizer, cfg: Mapping, epoch: int) -> None:
@@ -71,3 +89,44 @@ def start_epoch(optimizer: torch.optim.Optimizer, cfg: Mapping, epoch: int) -> N
         mu = momentum_at(epoch, cfg["momentum_start"], cfg["momentum_end"], cfg["momentum_saturate_epoch"])
         for group in optimizer.param_groups:
             group["momentum"] = mu
+
+
+def anneal_factor(progress: float, max_epochs: int, anneal_epochs: int | None) -> float:
+    """The lr factor after `progress` epochs (fractional) of a run of max_epochs: 1 until the last
+    anneal_epochs, then linearly down to 0 at max_epochs (null anneal_epochs: always 1)."""
+    if not anneal_epochs:
+        return 1.0
+    return min(1.0, max(0.0, (max_epochs - progress) / anneal_epochs))
+
+
+def current_lr(optimizer: torch.optim.Optimizer, group: dict) -> float:
+    """The lr the group's next update uses: the decayed lr0 (ClassicMomentum) or base_lr (Adam), times lr_scale."""
+    if isinstance(optimizer, ClassicMomentum):
+        return ClassicMomentum.lr_at(group, group["updates"])
+    return group["base_lr"] * group["lr_scale"]
+
+
+def anneal_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Scale every group's lr by `factor` (anneal_factor's)."""
+    for group in optimizer.param_groups:
+        group["lr_scale"] = factor
+        group["lr"] = current_lr(optimizer, group)
+
+
+def apply_config(optimizer: torch.optim.Optimizer, cfg: Mapping, lr: float | None = None) -> list[str]:
+    """Give a restored optimiser the values `cfg` asks for (a resume with changed optimizer.* settings);
+    its state (velocities, moments, update count) is kept. Returns what changed, as 'key: old -> new'."""
+    lr = float(cfg["lr"] if lr is None else lr)
+    wanted = ({"lr0": lr, "lr_decay": float(cfg["lr_decay"]), "min_lr": float(cfg["min_lr"])}
+              if isinstance(optimizer, ClassicMomentum) else {"base_lr": lr, "betas": tuple(cfg["betas"])})
+    changed = set()
+    for group in optimizer.param_groups:
+        group.setdefault("lr_scale", 1.0)
+        group.setdefault("base_lr", group["lr"])  # an Adam saved before base_lr existed
+        for key, value in wanted.items():
+            old = tuple(group[key]) if isinstance(group[key], (list, tuple)) else group[key]
+            if old != value:
+                changed.add(f"{key} {old} -> {value}")
+                group[key] = value
+        group["lr"] = current_lr(optimizer, group)
+    return sorted(changed)

@@ -11,8 +11,16 @@ import sys
 from pathlib import Path
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ("dataset", "model", "loss", "optimizer", "trainer", "logger", "callbacks", "parzen", "quality", "paths")
-DEFAULTS = {"dataset": "mnist", "model": "maxout"}
+
+
+def train_defaults() -> dict[str, str | list | None]:
+    """conf/train.yaml's defaults list as {group: default option}, for the groups a command line chooses: not
+    `paper` (its option is `${model}_${dataset}`) nor Hydra's own."""
+    import yaml
+
+    entries = yaml.safe_load((CONF / "train.yaml").read_text())["defaults"]
+    pairs = (next(iter(e.items())) for e in entries if isinstance(e, dict))
+    return {group: option for group, option in pairs if group != "hydra" and "${" not in str(option)}
 
 
 def options(group: str) -> list[str]:
@@ -42,13 +50,14 @@ def problems(argv: list[str]) -> list[str]:
     """What is wrong with these command-line overrides (empty: nothing found)."""
     args = _overrides(argv)
     found = []
-    for group in GROUPS:
+    defaults = train_defaults()
+    for group in defaults:
         given = args.get(group, "null")
         # A list of options (`logger=[wandb,csv]`), or a multirun sweeping `group=a,b`.
         for value in (given[1:-1] if given.startswith("[") and given.endswith("]") else given).split(","):
             if value not in ("null", *options(group)):
                 found.append(f"unknown {group} {value!r}: choose one of {', '.join(options(group))} (conf/{group}/)")
-    model, dataset = args.get("model", DEFAULTS["model"]), args.get("dataset", DEFAULTS["dataset"])
+    model, dataset = args.get("model", defaults["model"]), args.get("dataset", defaults["dataset"])
     if not found and f"{model}_{dataset}" not in options("paper"):
         pairs = ", ".join(p.replace("_", " on ") for p in options("paper"))
         found.append(f"model {model!r} has no nets for dataset {dataset!r} (conf/paper/{model}_{dataset}.yaml); "

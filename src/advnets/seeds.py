@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import hashlib
 
+# The salts that keep a run's random streams apart: derive_seed(seed, rank, *salt) with one of these (or a
+# (epoch, batch) pair: that batch's noise) draws numbers no other stream draws.
+SAMPLES = -1  # GAN.sample() without a generator of its own (e.g. Figures 2 and 3)
+EVAL_SAMPLES = -2  # the samples the per-epoch Parzen estimate and sample quality score
+DROPOUT_MASKS = 7  # after (epoch, batch): the global generator that batch's dropout masks come from
+
 
 def derive_seed(*parts: int) -> int:
     """A 62-bit seed from integers, the same in every process (unlike hash() of mixed tuples)."""

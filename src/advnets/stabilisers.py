@@ -19,9 +19,7 @@ from torch import Tensor, nn
 class R1Penalty:
     """gamma/2 * mean over the batch of ||grad_x D(x)||^2, differentiable w.r.t. D's weights."""
 
-    def __init__(self, gamma: float):
-        if gamma <= 0:
-            raise ValueError(f"r1_gamma must be > 0, got {gamma}")
+    def __init__(self, gamma: float):  # gamma > 0: checked with the run config (advnets.config)
         self.gamma = float(gamma)
 
     def logits_and_penalty(self, discriminator: nn.Module, real: Tensor) -> tuple[Tensor, Tensor]:
@@ -35,9 +33,7 @@ class R1Penalty:
 class InstanceNoise:
     """x + N(0, std^2), std = std0 * (1 - G updates / anneal_updates), 0 from then on."""
 
-    def __init__(self, std: float, anneal_updates: int):
-        if std <= 0 or anneal_updates < 1:
-            raise ValueError(f"instance noise needs std > 0 and anneal_updates >= 1, got {std}, {anneal_updates}")
+    def __init__(self, std: float, anneal_updates: int):  # std > 0, anneal_updates >= 1: advnets.config checks them
         self.std0, self.anneal_updates = float(std), int(anneal_updates)
 
     def std(self, g_updates: int) -> float:
@@ -51,8 +47,7 @@ class InstanceNoise:
 
 
 def build_stabilisers(cfg: Mapping) -> tuple[R1Penalty | None, InstanceNoise | None]:
-    """The `stabilisers` config block as objects (None: off)."""
-    gamma = cfg.get("r1_gamma")
-    std = cfg.get("instance_noise_std")
-    return (R1Penalty(float(gamma)) if gamma else None,
-            InstanceNoise(float(std), int(cfg.get("instance_noise_anneal_updates") or 1)) if std else None)
+    """The `stabilisers` config block as objects (None: off; checkpoints of code older than the block have none)."""
+    gamma, std = cfg.get("r1_gamma"), cfg.get("instance_noise_std")
+    return (R1Penalty(float(gamma)) if gamma is not None else None,
+            InstanceNoise(float(std), int(cfg["instance_noise_anneal_updates"])) if std is not None else None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from advnets.data.batches import DataError, TensorDataModule

@@ -15,8 +15,11 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from advnets.figures import display, save_figures
+from advnets.loggers import log_image
 from advnets.metrics.parzen import ParzenLogLikelihood
 from advnets.metrics.quality import SampleQuality, build_extractor, features_for
+from advnets.nets import eval_mode
+from advnets.seeds import EVAL_SAMPLES
 
 
 class ImageEvaluation(nn.Module):
@@ -70,7 +73,7 @@ class ImageEvaluation(nn.Module):
         logged = {f"{prefix}/g_updates": float(module.g_updates)}  # the x axis of src/report.py's plot
         self.last_parzen = {}
         for which, metric in self._metrics():
-            metric.update(centres=module.sample(share, module.seeded_generator(-2), which=which))
+            metric.update(centres=module.sample(share, module.seeded_generator(EVAL_SAMPLES), which=which))
             result = metric.compute()
             metric.reset()
             name = f"{prefix}/parzen" if which == "raw" else f"{prefix}/ema_parzen"
@@ -96,7 +99,7 @@ class ImageEvaluation(nn.Module):
         share = -(-int(self.cfg.quality[f"{prefix}_samples"]) // world)
         logged, self.last_quality = {}, {}
         for which in module.generators:
-            quality.update_fake(module.sample(share, module.seeded_generator(-2), which=which))
+            quality.update_fake(module.sample(share, module.seeded_generator(EVAL_SAMPLES), which=which))
             self.last_quality[which] = result = quality.compute()
             quality.reset()
             logged.update(result.logged(f"{prefix}/" if which == "raw" else f"{prefix}/ema_"))
@@ -111,20 +114,14 @@ class ImageEvaluation(nn.Module):
         from torchvision.utils import make_grid, save_image
 
         for which in module.generators:
-            net = module.generator_for(which)
-            was_training = net.training
-            net.eval()
-            with torch.no_grad():
+            with eval_mode(module.generator_for(which)) as net, torch.no_grad():
                 images = net(module.fixed_z)
-            net.train(was_training)
             grid = make_grid(display(images), nrow=10, padding=2, pad_value=1.0)
             folder = Path(module.trainer.default_root_dir) / ("samples" if which == "raw" else "samples_ema")
             folder.mkdir(parents=True, exist_ok=True)
             save_image(grid, folder / f"epoch_{module.current_epoch + 1:04d}.png")
-            for logger in module.loggers:
-                if hasattr(logger, "log_image"):
-                    logger.log_image(key="samples" if which == "raw" else "ema_samples", images=[grid.cpu()],
-                                     step=module.trainer.global_step, caption=[f"epoch {module.current_epoch + 1}"])
+            log_image(module, "samples" if which == "raw" else "ema_samples", [grid.cpu()],
+                      caption=[f"epoch {module.current_epoch + 1}"])
 
     @rank_zero_only
     def finish(self, module) -> None:
@@ -135,7 +132,5 @@ class ImageEvaluation(nn.Module):
         folder = Path(module.trainer.default_root_dir) / "figures"
         paths = save_figures(module, datamodule.splits["train"], folder, seed=int(self.cfg.seed),
                              which=module.generators[-1])
-        for logger in module.loggers:
-            if hasattr(logger, "log_image"):
-                for key, path in paths.items():
-                    logger.log_image(key=key, images=[str(path)], step=module.trainer.global_step)
+        for key, path in paths.items():
+            log_image(module, key, [str(path)])

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from advnets.errors import UserError
+from advnets.nets import eval_mode
 
 WEIGHTS = Path(__file__).with_name("mnist_classifier.pt")
 SHA256 = "f17520213fb5edd5d29496205ad9af09a451c44a396b21686c48d199c65b52ac"
@@ -80,11 +81,9 @@ def load_mnist_classifier(path: Path | str = WEIGHTS, expected_sha256: str = SHA
 @torch.no_grad()
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 2000) -> float:
     """The fraction of `images` whose largest logit is their label."""
-    was_training = model.training
-    model.eval()
-    correct = sum(int((model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
-                  for i in range(0, len(images), batch))
-    model.train(was_training)
+    with eval_mode(model):
+        correct = sum(int((model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
+                      for i in range(0, len(images), batch))
     return correct / len(images)
 
 

@@ -38,8 +38,9 @@ a float64 brute force to ~1e-13 relative and do not depend on ``chunk_size`` bey
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any
 
 import torch
 import torchmetrics
@@ -69,7 +70,7 @@ _MAX_CANDIDATE_FRACTION = 0.05
 _PAIR_ELEMENTS = 1 << 22
 _U32 = 2.0**-24  # unit roundoff of float32
 
-SigmaLike = Union[float, Tensor, Sequence[float]]
+SigmaLike = float | Tensor | Sequence[float]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor, nn
 
 from advnets.data.line import GaussianMixture, grid_edges
+from advnets.loggers import log_image
+from advnets.nets import eval_mode
 
 LOG4 = math.log(4.0)
 
@@ -107,10 +109,8 @@ class TheoryEvaluation(nn.Module):
         gen = torch.Generator(device=module.device).manual_seed(int(self.cfg.seed) * 1_000_003 + module.g_updates)
         x = module.sample(self.samples[stage], gen)
         p_g = histogram_masses(x, self.edges)
-        was_training = module.discriminator.training
-        module.discriminator.eval()
-        d = torch.sigmoid(module.discriminator(self.centres.float()[:, None].to(module.device))).double().cpu()
-        module.discriminator.train(was_training)
+        with eval_mode(module.discriminator) as net:
+            d = torch.sigmoid(net(self.centres.float()[:, None].to(module.device))).double().cpu()
         metrics = theory_metrics(self.p_data, p_g, d)
         metrics["pg_beyond_grid"] = float(((x < self.edges[0]) | (x > self.edges[-1])).double().mean())
         self.last = {"x": self.centres, "p_data": self.p_data / self.width, "p_g": p_g / self.width, "d": d,
@@ -153,10 +153,7 @@ class TheoryEvaluation(nn.Module):
         figure_1(path, self.last, z, x_of_z, self.cfg.dataset.figure,
                  title=f"epoch {module.current_epoch + 1}, {module.g_updates} G updates: "
                        f"JSD {self.last_metrics['jsd']:.4f}, E|D - D*| {self.last_metrics['d_distance']:.3f}")
-        for logger in module.loggers:
-            if hasattr(logger, "log_image"):
-                logger.log_image(key="figure_1", images=[str(path)], step=module.trainer.global_step,
-                                 caption=[f"epoch {module.current_epoch + 1}"])
+        log_image(module, "figure_1", [str(path)], caption=[f"epoch {module.current_epoch + 1}"])
 
     @rank_zero_only
     def finish(self, module) -> None:

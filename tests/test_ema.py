@@ -1,0 +1,95 @@
+"""The EMA of G (advnets/ema.py) in real fits: where it starts, when it is updated, and its ramp-up,
+step by step against its formula computed here in float64."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from advnets.data import build_datamodule
+from advnets.ema import GeneratorEMA, ema_beta
+from advnets.module import GAN
+from conftest import compose
+
+BATCH = 2500  # 20 batches an epoch
+SMALL = ["model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
+         "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]", "stabilisers.r1_gamma=null",
+         "model.discriminator.input_dropout=0", "model.discriminator.hidden_dropout=0",
+         "quality.features=null", "parzen.val_samples=50", "trainer.limit_val_batches=1"]
+
+
+def test_ema_beta_closed_forms():
+    half_life = math.log(0.5) / math.log(0.9999)  # 6931.1 updates
+    assert ema_beta(1000, 0.9999, 0.05) == pytest.approx(0.5 ** (1 / 50), rel=1e-15)  # 0.05 * 1000 = 50 < 6931
+    assert ema_beta(10**6, 0.9999, 0.05) == pytest.approx(0.9999, rel=1e-12)  # full horizon: the decay itself
+    assert ema_beta(int(half_life / 0.05) + 1, 0.9999, 0.05) == pytest.approx(0.9999, rel=1e-12)
+    assert ema_beta(1, 0.9999, None) == 0.9999  # no ramp-up: the constant decay from the first update
+    # After the first update with a ramp-up the average is G but for 0.5^20 of the start.
+    assert ema_beta(1, 0.995, 0.05) == pytest.approx(0.5**20, rel=1e-12)
+
+
+def test_ema_update_with_ramp_up_follows_its_formula():
+    torch.manual_seed(0)
+    g = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
+    ema = GeneratorEMA(g, decay=0.9, rampup=0.5)
+    expected = [p.detach().clone() for p in g.parameters()]
+    for n in range(1, 12):  # half-lives 0.5, 1, ..., 6.58 (the horizon of 0.9), then 6.58
+        with torch.no_grad():
+            for p in g.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(g, n)
+        beta = 0.5 ** (1 / min(math.log(0.5) / math.log(0.9), 0.5 * n))
+        expected = [beta * e + (1 - beta) * p.detach() for e, p in zip(expected, g.parameters())]
+        for avg, e in zip(ema.generator.parameters(), expected):
+            torch.testing.assert_close(avg, e, rtol=1e-12, atol=1e-12)
+
+
+class EMARecorder(pl.Callback):
+    """G after each of its updates, the EMA after each D and G update, and both when training starts."""
+
+    def on_train_start(self, trainer, module):
+        self.start = ([p.detach().clone() for p in module.generator.parameters()],
+                      [p.detach().clone() for p in module.generator_ema.generator.parameters()])
+        self.g_after, self.ema_after_d = [], []
+        d_opt, g_opt = trainer.optimizers
+        g_opt.register_step_post_hook(lambda *a: self.g_after.append(
+            [p.detach().double().clone() for p in module.generator.parameters()]))
+        d_opt.register_step_post_hook(lambda *a: self.ema_after_d.append(
+            (len(self.g_after), [p.detach().clone() for p in module.generator_ema.generator.parameters()])))
+
+
+@pytest.mark.parametrize("schedule, k", [("alternating", 2), ("simultaneous", 1)])
+def test_ema_in_a_real_fit_starts_at_g_and_follows_g_updates_only(data_dir, tmp_path, schedule, k):
+    decay, rampup = 0.9, 0.2
+    cfg = compose(f"paths.data_dir={data_dir}", "logger=none", f"schedule={schedule}", f"k={k}",
+                  f"dataset.batch_size={BATCH}", f"model.ema_decay={decay}", f"model.ema_rampup={rampup}", *SMALL,
+                  output_dir=tmp_path)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    with torch.no_grad():  # an average that did not start from G would show
+        for p in module.generator_ema.generator.parameters():
+            p.add_(1.0)
+    rec = EMARecorder()
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         accelerator="cpu", default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[rec])
+    trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
+
+    g_start, ema_start = rec.start
+    assert all(torch.equal(a, b) for a, b in zip(g_start, ema_start))  # a fresh fit: the average is G
+    assert len(rec.g_after) == module.g_updates == 20 // k
+    expected = [p.double() for p in g_start]
+    after_update = {0: expected}
+    for n, g in enumerate(rec.g_after, start=1):
+        beta = 0.5 ** (1 / min(math.log(0.5) / math.log(decay), rampup * n))
+        expected = [beta * e + (1 - beta) * w for e, w in zip(expected, g)]
+        after_update[n] = expected
+    for avg, e in zip(module.generator_ema.generator.parameters(), expected):
+        torch.testing.assert_close(avg.double(), e, rtol=1e-5, atol=1e-6)
+    # A D step leaves the average where the latest G update put it (under the simultaneous schedule D steps
+    # first, in the same training step, before G's update folds in).
+    for g_updates, ema in rec.ema_after_d:
+        for avg, e in zip(ema, after_update[g_updates]):
+            torch.testing.assert_close(avg.double(), e, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,70 @@
+"""Each choice has one registry beside its builder, which conf/ and the checks agree with; each range is checked once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from advnets.config import NOT_A_SETTING, NOT_IN_RUN_NAME, check_config
+from advnets.errors import UserError
+from advnets.losses import GENERATOR_LOSSES
+from advnets.metrics import EVALUATIONS
+from advnets.nets import NETS, build_generator
+from advnets.noise import NOISES
+from advnets.optim import OPTIMIZERS
+from conftest import REPO, compose
+
+
+def conf_values(group: str, key: str) -> set:
+    return {yaml.safe_load(p.read_text())[key] for p in (REPO / "conf" / group).glob("*.yaml")}
+
+
+def test_every_option_in_conf_has_its_builder_and_every_builder_its_option():
+    assert set(NETS) == conf_values("model", "name") == {p.stem for p in (REPO / "conf" / "model").glob("*.yaml")}
+    assert set(OPTIMIZERS) == conf_values("optimizer", "name")
+    assert set(GENERATOR_LOSSES) == conf_values("loss", "generator")
+    assert set(EVALUATIONS) == conf_values("dataset", "evaluation")
+    assert set(NOISES) == {yaml.safe_load(p.read_text())["model"]["noise"] for p in (REPO / "conf" / "paper").glob("*")}
+
+
+@pytest.mark.parametrize("key, registry", [("model.name", NETS), ("model.noise", NOISES),
+                                           ("loss.generator", GENERATOR_LOSSES), ("optimizer.name", OPTIMIZERS),
+                                           ("dataset.evaluation", EVALUATIONS)])
+def test_an_unknown_choice_is_refused_with_the_registrys_choices(key, registry):
+    with pytest.raises(UserError) as e:
+        check_config(compose(f"{key}=nope"))
+    assert str(e.value) == f"{key} must be one of {', '.join(registry)}, got 'nope'"
+
+
+def test_an_unknown_model_name_builds_no_net():
+    """It used to build the fully connected nets for any name but `conv`."""
+    model = dict(compose().model)
+    with pytest.raises(ValueError, match="unknown model.name 'resnet': choose one of maxout, conv"):
+        build_generator({**model, "name": "resnet"}, (1, 28, 28))
+    assert isinstance(build_generator(model, (1, 28, 28)), torch.nn.Module)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stabilisers.r1_gamma=0", "stabilisers.r1_gamma must be > 0 (null: off), got 0"),
+    ("stabilisers.instance_noise_std=-1", "stabilisers.instance_noise_std must be > 0 (null: off), got -1"),
+    ("dataset.eval_batch_size=0", "dataset.eval_batch_size must be >= 1, got 0"),
+    ("optimizer.g_lr=0", "optimizer.g_lr must be > 0, got 0"),
+])
+def test_each_range_is_refused_by_the_config_check(override, message):
+    with pytest.raises(UserError) as e:
+        check_config(compose(override))
+    assert str(e.value) == message
+
+
+def test_the_run_name_leaves_out_exactly_not_in_run_name():
+    """conf/hydra/default.yaml's exclude_keys is advnets.config.NOT_IN_RUN_NAME, not a copy of it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", return_hydra_config=True)
+    assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == list(NOT_IN_RUN_NAME)
+    assert "seed" in NOT_A_SETTING and not set(NOT_A_SETTING) & set(NOT_IN_RUN_NAME)
