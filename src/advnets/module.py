@@ -17,6 +17,7 @@ from advnets.metrics import build_evaluation
 from advnets.nets import apply_max_col_norm, build_discriminator, build_generator
 from advnets.nets.stages import init_from, load_generator_tail
 from advnets.optim import build_optimizer, start_epoch
+from advnets.precision import bf16_matmuls, wants_fast_path
 from advnets.seeds import derive_seed
 from advnets.stabilisers import build_stabilisers
 
@@ -55,7 +56,10 @@ class GAN(pl.LightningModule):
         self.generator_ema = GeneratorEMA(self.generator, float(ema_decay)) if ema_decay else None
         self.r1, self.instance_noise = build_stabilisers(self.cfg.get("stabilisers") or {})
         if self.cfg.model.get("compile"):
-            # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are.
+            # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are. The G loss's
+            # gradient keeps D's graph (retain_graph: the simultaneous update reuses it), which compiled
+            # backwards with donated buffers refuse.
+            torch._functorch.config.donated_buffer = False
             self.generator.compile()
             self.discriminator.compile()
         # The grid of samples logged every epoch comes from this z; a buffer, so checkpoints keep it.
@@ -67,6 +71,7 @@ class GAN(pl.LightningModule):
         # Parzen and sample grids for images, D* and the JSD for 1-D data: dataset.evaluation says which.
         self.evaluation = build_evaluation(self.cfg, has_ema=self.generator_ema is not None)
         self._noise_gen: torch.Generator | None = None
+        self.fast_path = False  # set from the Trainer's precision in setup()
         self._fit_start = time.monotonic()
         self._seconds_before = 0.0  # training_seconds() of the checkpoint resumed from
 
@@ -103,6 +108,8 @@ class GAN(pl.LightningModule):
 
     # --- training ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        # trainer.precision=bf16-mixed: the training steps take the fast path (advnets.precision); evaluation stays fp32.
+        self.fast_path = wants_fast_path(self.trainer.precision)
         dm = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and dm is not None and self.d_updates == 0:
             # Checkpoint weights, if any, are loaded after this and overwrite it.
@@ -139,12 +146,13 @@ class GAN(pl.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         d_opt, g_opt = self.optimizers()
-        if self.schedule == "simultaneous":
-            self._simultaneous_step(batch, d_opt, g_opt)
-        else:
-            self._discriminator_step(batch, d_opt)
-            if self.d_updates % self.k == 0:
-                self._generator_step(len(batch), g_opt)
+        with bf16_matmuls(self.fast_path):
+            if self.schedule == "simultaneous":
+                self._simultaneous_step(batch, d_opt, g_opt)
+            else:
+                self._discriminator_step(batch, d_opt)
+                if self.d_updates % self.k == 0:
+                    self._generator_step(len(batch), g_opt)
         # Only build the metrics dict on the steps Lightning will actually write (log_every_n_steps).
         if self.trainer._logger_connector.should_update_logs:
             self._log_train()
@@ -166,7 +174,9 @@ class GAN(pl.LightningModule):
         """D's logits on real and generated data and its loss, with the stabilisers that are on."""
         real, fake = self._d_input(real), self._d_input(fake)
         if self.r1 is not None:
-            real_logits, penalty = self.r1.logits_and_penalty(self.discriminator, real)
+            # D's eager forward: R1 differentiates D's input gradient again, which a torch.compile'd forward
+            # (AOTAutograd) cannot do (model.compile; nn.Module.compile leaves `forward` as it is).
+            real_logits, penalty = self.r1.logits_and_penalty(self.discriminator.forward, real)
             self._last["r1_penalty"] = penalty.detach()
         else:
             real_logits, penalty = self.discriminator(real), 0.0
