@@ -25,9 +25,11 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 _on = False  # a plain global, not a thread-local: torch.compile guards on it (and recompiles when it changes)
 DTYPE = torch.bfloat16
+_casts: WeakIdKeyDictionary = WeakIdKeyDictionary()  # parameter -> ((version, data pointer), its bf16 cast)
 FAST_PRECISION = "bf16-mixed"  # the Trainer precision that turns the fast path on
 
 
@@ -50,16 +52,16 @@ def cast(layer: nn.Module, name: str) -> Tensor:
     """layer.<name> in bf16, differentiable (gradients reach the fp32 parameter), made once per value.
 
     The cast is made with grad mode on even under no_grad (the D step's G forward), so that the G step's
-    forward, which reuses it, still reaches G's weights."""
+    forward, which reuses it, still reaches G's weights. The casts live here, keyed weakly on the parameter,
+    not on the layer: a layer can still be deep-copied (a cast is not a graph leaf) and saved as it was."""
     param = getattr(layer, name)
     if torch.compiler.is_compiling():  # inside a compiled graph the cast is one more fused op
         return param.to(DTYPE)
     key = (param._version, param.data_ptr())
-    casts = layer.__dict__.setdefault("_bf16_casts", {})
-    hit = casts.get(name)
+    hit = _casts.get(param)
     if hit is None or hit[0] != key:
         with torch.enable_grad():
-            hit = casts[name] = (key, param.to(DTYPE))
+            hit = _casts[param] = (key, param.to(DTYPE))
     return hit[1]
 
 
@@ -72,12 +74,18 @@ def linear(x: Tensor, layer: nn.Linear) -> Tensor:
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """F.dropout, with masks from 16 random bits per unit on the fast path.
+    """F.dropout, with the masks of `cheap_dropout` on the fast path."""
+    if not enabled() or not training or p == 0.0:
+        return F.dropout(x, p, training)
+    return cheap_dropout(x, p)
+
+
+def cheap_dropout(x: Tensor, p: float) -> Tensor:
+    """Dropout (training mode) with masks from 16 random bits per unit, four units per 64-bit draw of the global
+    generator, which the module reseeds every batch (so a resumed run draws the same masks).
 
     A unit is dropped when its 16-bit draw is below round(p * 2^16); kept units are scaled by the inverse of
     the keep probability that threshold gives (p = 0.2: drop probability 0.1999969, not 0.2)."""
-    if not enabled() or not training or p == 0.0:
-        return F.dropout(x, p, training)
     drop_below = round(p * 65536)
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
@@ -94,9 +102,14 @@ def maxout(pre: Tensor, units: int, pieces: int) -> Tensor:
     return grouped.max(-1).values
 
 
+def fp32(y: Tensor) -> Tensor:
+    """A net's output in fp32 on the fast path (the losses, R1 and the samples stay fp32); as it is elsewhere."""
+    return y.float() if y.dtype == DTYPE else y
+
+
 def wants_fast_path(precision: str | int | None) -> bool:
     """Whether a Trainer precision asks for the fast path."""
     return str(precision) == FAST_PRECISION
 
 
-__all__ = ["bf16_matmuls", "cast", "dropout", "enabled", "linear", "maxout", "wants_fast_path"]
+__all__ = ["bf16_matmuls", "cast", "cheap_dropout", "dropout", "enabled", "fp32", "linear", "maxout", "wants_fast_path"]

@@ -94,7 +94,7 @@ class Generator(nn.Module):
             self.output_layer.bias.copy_(torch.log(p) - torch.log1p(-p))
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).float().view(z.shape[0], *self.shape)  # fp32 (a no-op off the fast path)
+        return precision.fp32(self.net(z)).view(z.shape[0], *self.shape)
 
 
 class MaxoutDiscriminator(nn.Module):
@@ -117,7 +117,7 @@ class MaxoutDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Pre-sigmoid logits, shape (B,): the losses work on logits for stability."""
-        return self.net(x.reshape(x.shape[0], -1)).squeeze(-1).float()  # fp32 (a no-op off the fast path)
+        return precision.fp32(self.net(x.reshape(x.shape[0], -1)).squeeze(-1))
 
 
 def build_generator(model_cfg: Mapping, shape: Sequence[int]) -> nn.Module:
