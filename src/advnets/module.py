@@ -174,9 +174,10 @@ class GAN(pl.LightningModule):
         """D's logits on real and generated data and its loss, with the stabilisers that are on."""
         real, fake = self._d_input(real), self._d_input(fake)
         if self.r1 is not None:
-            # D's eager forward: R1 differentiates D's input gradient again, which a torch.compile'd forward
-            # (AOTAutograd) cannot do (model.compile; nn.Module.compile leaves `forward` as it is).
-            real_logits, penalty = self.r1.logits_and_penalty(self.discriminator.forward, real)
+            # D called without torch.compile (model.compile): R1 differentiates D's input gradient again, which
+            # a compiled forward (AOTAutograd) cannot. `_call_impl` is nn.Module's call as it is before
+            # nn.Module.compile, forward hooks included.
+            real_logits, penalty = self.r1.logits_and_penalty(self.discriminator._call_impl, real)
             self._last["r1_penalty"] = penalty.detach()
         else:
             real_logits, penalty = self.discriminator(real), 0.0
