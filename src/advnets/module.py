@@ -55,13 +55,16 @@ class GAN(pl.LightningModule):
         ema_decay = self.cfg.model.get("ema_decay")
         self.generator_ema = GeneratorEMA(self.generator, float(ema_decay)) if ema_decay else None
         self.r1, self.instance_noise = build_stabilisers(self.cfg.get("stabilisers") or {})
-        if self.cfg.model.get("compile"):
+        compile_ = self.cfg.model.get("compile")
+        if compile_:
             # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are. The G loss's
             # gradient keeps D's graph (retain_graph: the simultaneous update reuses it), which compiled
-            # backwards with donated buffers refuse.
+            # backwards with donated buffers refuse. A string is torch.compile's mode (e.g. reduce-overhead:
+            # CUDA graphs).
             torch._functorch.config.donated_buffer = False
-            self.generator.compile()
-            self.discriminator.compile()
+            mode = compile_ if isinstance(compile_, str) else None
+            self.generator.compile(mode=mode)
+            self.discriminator.compile(mode=mode)
         # The grid of samples logged every epoch comes from this z; a buffer, so checkpoints keep it.
         fixed = torch.Generator().manual_seed(int(self.cfg.seed))
         self.register_buffer("fixed_z", self.noise(100, fixed, device="cpu"))
