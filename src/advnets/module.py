@@ -111,7 +111,7 @@ class GAN(pl.LightningModule):
 
     # --- training ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        # trainer.precision=bf16-mixed: the training steps take the fast path (advnets.precision); evaluation stays fp32.
+        # trainer.precision=bf16-mixed: the training steps take the fast path (advnets.precision), evaluation fp32.
         self.fast_path = wants_fast_path(self.trainer.precision)
         dm = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and dm is not None and self.d_updates == 0:

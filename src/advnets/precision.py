@@ -5,16 +5,18 @@ accumulation (oneDNN; AMX on CPUs that have it, tensor cores on GPUs), and every
 the weights, their gradients, the optimisers, the EMA of G, the losses, the R1 penalty and the nets'
 outputs are fp32. What makes it faster than autocast:
 
-- Each weight is cast to bf16 once per value it takes (`cast`: the cast is cached on the layer, keyed on the
+- Each weight is cast to bf16 once per value it takes (`cast`: the cast is cached, keyed on the
   parameter's version counter, which every in-place update moves on), not once per forward pass: in one
   Algorithm 1 iteration D's weights serve three forward passes and R1's double backward, G's two.
-- Dropout masks come from 16 random bits per unit, four units per 64-bit draw (`dropout`), not from
+- Activations stay bf16 between layers (no cast back and forth around every matmul).
+- Dropout masks come from 16 random bits per unit, four units per 64-bit draw (`cheap_dropout`), not from
   `bernoulli_`, which draws one random number per unit.
 - The maxout max keeps its argmax (`torch.max`), whose backward is one scatter; `amax`'s compares and
   divides to share the gradient between ties (which bf16 rounding makes common).
 
 Evaluation (Parzen, FID/KID, samples) runs outside the context, in fp32. The module turns the context on
-around its training step when the Trainer's precision is bf16-mixed (advnets.module.GAN.fast_path).
+around its training step when the Trainer's precision is bf16-mixed (advnets.module.GAN.fast_path); the
+conv nets' conv layers keep Lightning's autocast. docs/speed.md has the measurements.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 _on = False  # a plain global, not a thread-local: torch.compile guards on it (and recompiles when it changes)
 DTYPE = torch.bfloat16
-_casts: WeakIdKeyDictionary = WeakIdKeyDictionary()  # parameter -> ((version, data pointer), its bf16 cast)
+_casts: WeakIdKeyDictionary = WeakIdKeyDictionary()  # layer -> {name: ((version, data pointer), bf16 cast)}
 FAST_PRECISION = "bf16-mixed"  # the Trainer precision that turns the fast path on
 
 
@@ -52,16 +54,18 @@ def cast(layer: nn.Module, name: str) -> Tensor:
     """layer.<name> in bf16, differentiable (gradients reach the fp32 parameter), made once per value.
 
     The cast is made with grad mode on even under no_grad (the D step's G forward), so that the G step's
-    forward, which reuses it, still reaches G's weights. The casts live here, keyed weakly on the parameter,
-    not on the layer: a layer can still be deep-copied (a cast is not a graph leaf) and saved as it was."""
+    forward, which reuses it, still reaches G's weights. The casts live here, keyed weakly on the layer (a
+    cast refers to its parameter, never to the layer, so they go with the layer), not in the layer: it can
+    still be deep-copied (a cast is not a graph leaf)."""
     param = getattr(layer, name)
     if torch.compiler.is_compiling():  # inside a compiled graph the cast is one more fused op
         return param.to(DTYPE)
     key = (param._version, param.data_ptr())
-    hit = _casts.get(param)
+    casts = _casts.setdefault(layer, {})
+    hit = casts.get(name)
     if hit is None or hit[0] != key:
         with torch.enable_grad():
-            hit = _casts[param] = (key, param.to(DTYPE))
+            hit = casts[name] = (key, param.to(DTYPE))
     return hit[1]
 
 
