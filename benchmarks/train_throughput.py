@@ -9,11 +9,15 @@ optimiser rule) for a fixed number of iterations, in one process:
 a, b and c alternate `--repeats` times; the median samples per second of each is printed with the
 ratios a/b and a/c and the peak memory. `--scaling` adds samples per second of (a) for batch sizes
 50..400 and for 1 vs 2 threads; `--features` times bf16 mixed precision, torch.compile and a
-larger batch.
+larger batch. `--fast-path` times the project's defaults (Algorithm 1, k = 1, R1, EMA of G) in fp32,
+with trainer.precision=bf16-mixed (the fast path, advnets.precision), with model.compile=true, and with
+both, interleaved `--repeats` times; it prints each one's median samples/s and ratio to fp32, then a
+profile (top ops by self CPU time) of the fastest.
 
     python benchmarks/train_throughput.py                  # CPU, 300 iterations, 3 repeats
     python benchmarks/train_throughput.py --device cuda    # on a GPU
     python benchmarks/train_throughput.py --tiny           # a few iterations (the test suite runs this)
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --fast-path --logger none   # the fast path's rows
 
 (a) runs the paper's Algorithm 1 like (b) and (c): no R1 penalty, no EMA of G (the project's defaults
 add both; `--defaults` times those instead).
@@ -90,7 +94,35 @@ LIKE_PLAIN = ["stabilisers.r1_gamma=null", "model.ema_decay=null"]
 OPTIONS = {"extra": LIKE_PLAIN, "logger": []}  # set from the command line in main()
 
 
-def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[str] = ()) -> float:
+class _Profile:
+    """A torch.profiler trace of `batches` training batches after `skip` (compilation and warm-up)."""
+
+    def __init__(self, skip: int, batches: int):
+        import pytorch_lightning as pl
+
+        self.table = ""
+
+        class Callback(pl.Callback):
+            def on_train_batch_start(cb, trainer, module, batch, batch_idx):
+                if batch_idx == skip:
+                    activities = [torch.profiler.ProfilerActivity.CPU]
+                    if trainer.strategy.root_device.type == "cuda":
+                        activities.append(torch.profiler.ProfilerActivity.CUDA)
+                    cb.prof = torch.profiler.profile(activities=activities)
+                    cb.prof.__enter__()
+
+            def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
+                if batch_idx == skip + batches - 1:
+                    cb.prof.__exit__(None, None, None)
+                    cuda = trainer.strategy.root_device.type == "cuda"
+                    self.table = cb.prof.key_averages().table(
+                        sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=15,
+                        max_name_column_width=45)
+
+        self.callback = Callback()
+
+
+def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[str] = (), callbacks=()) -> float:
     """(a): samples per second through the project's Trainer, module and DataModule."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -113,7 +145,7 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
                     "enable_progress_bar": True}
     try:
         trainer = pl.Trainer(**trainer_args, logger=build_loggers(cfg) or False,
-                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), timer.callback])
+                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), timer.callback, *callbacks])
         trainer.fit(module, datamodule=datamodule)
     finally:
         finish_wandb()
@@ -220,6 +252,12 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--scaling", action="store_true", help="batch sizes 50..400 and 1 vs 2 threads")
     parser.add_argument("--features", action="store_true", help="bf16, torch.compile, larger batch")
+    parser.add_argument("--fast-path", action="store_true",
+                        help="only the defaults in fp32, bf16-mixed, compiled and both, and a profile of the fastest")
+    parser.add_argument("--compile-mode", default=None,
+                        help="--fast-path: torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--warmup", type=int, default=30,
+                        help="--fast-path: batches before the timed ones (torch.compile compiles in the first)")
     parser.add_argument("--tiny", action="store_true", help="a few iterations, one repeat")
     parser.add_argument("--defaults", action="store_true", help="(a) with the project's defaults (R1, EMA of G)")
     parser.add_argument("--logger", default=None, help="(a)'s logger option, e.g. csv (default: W&B offline + CSV)")
@@ -233,6 +271,9 @@ def main() -> None:
     data_dir = prepare_data(args.data_dir)
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.iters} iterations of batch {args.batch}, {args.repeats} repeats", flush=True)
+    if args.fast_path:
+        fast_path_rows(args, data_dir)
+        return
 
     speeds: dict[str, list[float]] = {"a": [], "b": [], "c": []}
     for _ in range(args.repeats):
@@ -266,6 +307,76 @@ def main() -> None:
         for name, extra in features.items():
             batch = 400 if name.startswith("batch") else args.batch
             print(f"feature: {name:<18} {run_project(args.iters, batch, args.device, data_dir, extra):9.0f} samples/s", flush=True)
+
+
+FAST_PATH_ROWS = {"fp32 (32-true)": ["trainer.precision=32-true"],
+                  "bf16-mixed (fast path)": ["trainer.precision=bf16-mixed"],
+                  "fp32 + model.compile": ["trainer.precision=32-true", "model.compile=true"],
+                  "bf16-mixed + model.compile": ["trainer.precision=bf16-mixed", "model.compile=true"]}
+
+
+def fast_path_rows_for(compile_mode: str | None) -> dict[str, list[str]]:
+    """FAST_PATH_ROWS, the compiled ones in torch.compile's `compile_mode` (e.g. reduce-overhead) when given."""
+    if not compile_mode:
+        return FAST_PATH_ROWS
+    return {name.replace("model.compile", f"compile {compile_mode}"):
+            [o.replace("model.compile=true", f"model.compile={compile_mode}") for o in extra]
+            for name, extra in FAST_PATH_ROWS.items()}
+
+
+def fast_path_rows(args, data_dir: str) -> None:
+    """The defaults (R1, EMA of G: OPTIONS["extra"] is empty) in the four precisions, interleaved.
+
+    Each row also gives samples per CPU second of this process: on a machine whose other core is busy the
+    wall-clock rate moves with the neighbours' load, the CPU-time rate much less (one thread: the two agree
+    on an idle machine)."""
+    OPTIONS["extra"] = []
+    rows = fast_path_rows_for(args.compile_mode)
+    speeds: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
+    for _ in range(args.repeats):
+        for name, extra in rows.items():
+            try:
+                speeds[name].append(_timed_after_warmup(args, data_dir, extra))
+            except Exception as error:  # e.g. CUDA graphs under manual optimisation: the other rows still run
+                print(f"run: {name:<28} failed: {type(error).__name__}: {str(error)[:300]}", flush=True)
+                continue
+            print(f"run: {name:<28} {speeds[name][-1][0]:7.0f} samples/s, {speeds[name][-1][1]:7.0f} per CPU s",
+                  flush=True)
+    med = {name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+           for name, v in speeds.items() if v}
+    wall0, cpu0 = med["fp32 (32-true)"]
+    print(f"the defaults (Algorithm 1, k=1, R1 gamma 0.1, EMA of G), batch {args.batch}, {args.iters} batches timed "
+          f"after {args.warmup} warm-up ones (compilation), median of {args.repeats}:")
+    for name, (wall, cpu) in med.items():
+        # k = 1: one iteration is one D update and one G update.
+        print(f"fast-path: {name:<28} {wall:7.0f} samples/s  {wall / args.batch:6.1f} D+G updates/s  "
+              f"x{wall / wall0:4.2f} of fp32 | {cpu:7.0f} per CPU s  x{cpu / cpu0:4.2f} of fp32", flush=True)
+    # The fastest per CPU second on a CPU (the neighbours' load moves wall time), per second on a GPU.
+    fastest = max(med, key=lambda name: med[name][0 if args.device == "cuda" else 1])
+    batches = min(args.iters, 50)
+    profile = _Profile(skip=args.warmup, batches=batches)
+    run_project(args.warmup + batches, args.batch, args.device, data_dir, rows[fastest],
+                callbacks=[profile.callback])
+    print(f"profile of the fastest ({fastest}), {batches} batches:\n{profile.table}", flush=True)
+
+
+def _timed_after_warmup(args, data_dir: str, extra: list[str]) -> tuple[float, float]:
+    """(samples per second, samples per CPU second) over batches warmup..warmup+iters-1 of one run."""
+    import pytorch_lightning as pl
+
+    first, last = args.warmup, args.warmup + args.iters
+    marks: dict[int, tuple[float, float]] = {}
+
+    class Marks(pl.Callback):
+        def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
+            if batch_idx + 1 in (first, last):
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                marks[batch_idx + 1] = (time.perf_counter(), time.process_time())
+
+    run_project(last, args.batch, args.device, data_dir, extra, callbacks=[Marks()])
+    samples = args.iters * args.batch
+    return samples / (marks[last][0] - marks[first][0]), samples / (marks[last][1] - marks[first][1])
 
 
 if __name__ == "__main__":

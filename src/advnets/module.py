@@ -19,6 +19,7 @@ from advnets.nets import apply_max_col_norm, build_discriminator, build_generato
 from advnets.nets.stages import init_from, load_generator_tail
 from advnets.noise import draw_noise
 from advnets.optim import anneal_factor, anneal_lr, apply_config, build_optimizer, start_epoch
+from advnets.precision import bf16_matmuls, wants_fast_path
 from advnets.seeds import DROPOUT_MASKS, SAMPLES, derive_seed
 from advnets.stabilisers import build_stabilisers
 
@@ -51,10 +52,16 @@ class GAN(pl.LightningModule):
         self.generator_ema = (GeneratorEMA(self.generator, float(ema_decay), self.cfg.model.get("ema_rampup"))
                               if ema_decay else None)
         self.r1, self.instance_noise = build_stabilisers(self.cfg.get("stabilisers") or {})
-        if self.cfg.model.get("compile"):
-            # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are.
-            self.generator.compile()
-            self.discriminator.compile()
+        compile_ = self.cfg.model.get("compile")
+        if compile_:
+            # In place (nn.Module.compile): parameter names, and so checkpoints, stay as they are. The G loss's
+            # gradient keeps D's graph (retain_graph: the simultaneous update reuses it), which compiled
+            # backwards with donated buffers refuse. A string is torch.compile's mode (e.g. reduce-overhead:
+            # CUDA graphs).
+            torch._functorch.config.donated_buffer = False
+            mode = compile_ if isinstance(compile_, str) else None
+            self.generator.compile(mode=mode)
+            self.discriminator.compile(mode=mode)
         # The grid of samples logged every epoch comes from this z; a buffer, so checkpoints keep it.
         fixed = torch.Generator().manual_seed(int(self.cfg.seed))
         self.register_buffer("fixed_z", self.noise(100, fixed, device="cpu"))
@@ -67,6 +74,7 @@ class GAN(pl.LightningModule):
         # Parzen and sample grids for images, D* and the JSD for 1-D data: dataset.evaluation says which.
         self.evaluation = build_evaluation(self.cfg, has_ema=self.generator_ema is not None)
         self._noise_gen: torch.Generator | None = None
+        self.fast_path = False  # set from the Trainer's precision in setup()
         self._fit_start = time.monotonic()
         self._seconds_before = 0.0  # training_seconds() of the checkpoint resumed from
 
@@ -103,6 +111,8 @@ class GAN(pl.LightningModule):
 
     # --- training ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        # trainer.precision=bf16-mixed: the training steps take the fast path (advnets.precision), evaluation fp32.
+        self.fast_path = wants_fast_path(self.trainer.precision)
         dm = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and dm is not None and self.d_updates == 0:
             # Checkpoint weights, if any, are loaded after this and overwrite it.
@@ -152,12 +162,13 @@ class GAN(pl.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         d_opt, g_opt = self.optimizers()
-        if self.schedule == "simultaneous":
-            self._simultaneous_step(batch, d_opt, g_opt)
-        else:
-            self._discriminator_step(batch, d_opt)
-            if self.d_updates % self.k == 0:
-                self._generator_step(len(batch), g_opt)
+        with bf16_matmuls(self.fast_path):
+            if self.schedule == "simultaneous":
+                self._simultaneous_step(batch, d_opt, g_opt)
+            else:
+                self._discriminator_step(batch, d_opt)
+                if self.d_updates % self.k == 0:
+                    self._generator_step(len(batch), g_opt)
         # Only build the metrics dict on the steps Lightning will actually write (log_every_n_steps).
         if logs_this_step(self):
             self._log_train()
@@ -179,7 +190,10 @@ class GAN(pl.LightningModule):
         """D's logits on real and generated data and its loss, with the stabilisers that are on."""
         real, fake = self._d_input(real), self._d_input(fake)
         if self.r1 is not None:
-            real_logits, penalty = self.r1.logits_and_penalty(self.discriminator, real)
+            # D called without torch.compile (model.compile): R1 differentiates D's input gradient again, which
+            # a compiled forward (AOTAutograd) cannot. `_call_impl` is nn.Module's call as it is before
+            # nn.Module.compile, forward hooks included.
+            real_logits, penalty = self.r1.logits_and_penalty(self.discriminator._call_impl, real)
             self.step_record["r1_penalty"] = penalty.detach()
         else:
             real_logits, penalty = self.discriminator(real), 0.0

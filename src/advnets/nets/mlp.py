@@ -15,7 +15,23 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from advnets import precision
+
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose matmul runs in bf16 on the fast path (advnets.precision)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return precision.linear(x, self)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout whose masks are drawn cheaply on the fast path (advnets.precision)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return precision.dropout(x, self.p, self.training)
 
 
 def init_linear(layer: nn.Linear, spec: Mapping) -> None:
@@ -46,10 +62,10 @@ class Maxout(nn.Module):
     def __init__(self, in_features: int, units: int, pieces: int):
         super().__init__()
         self.units, self.pieces = units, pieces
-        self.linear = nn.Linear(in_features, units * pieces)
+        self.linear = Linear(in_features, units * pieces)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear(x).view(x.shape[0], self.units, self.pieces).amax(-1)
+        return precision.maxout(self.linear(x), self.units, self.pieces)
 
 
 class Generator(nn.Module):
@@ -62,7 +78,7 @@ class Generator(nn.Module):
         modules: list[nn.Module] = []
         width = noise_dim
         for spec in [*layers, {**output, "units": math.prod(self.shape)}]:
-            linear = nn.Linear(width, int(spec["units"]))
+            linear = Linear(width, int(spec["units"]))
             init_linear(linear, spec)
             modules += [linear, ACTIVATIONS[spec["activation"]]()]
             width = int(spec["units"])
@@ -78,7 +94,7 @@ class Generator(nn.Module):
             self.output_layer.bias.copy_(torch.log(p) - torch.log1p(-p))
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).view(z.shape[0], *self.shape)
+        return precision.fp32(self.net(z)).view(z.shape[0], *self.shape)
 
 
 class MaxoutDiscriminator(nn.Module):
@@ -92,16 +108,16 @@ class MaxoutDiscriminator(nn.Module):
         for i, spec in enumerate(layers):
             maxout = Maxout(width, int(spec["units"]), int(spec["pieces"]))
             init_linear(maxout.linear, spec)
-            modules += [nn.Dropout(input_dropout if i == 0 else hidden_dropout), maxout]
+            modules += [Dropout(input_dropout if i == 0 else hidden_dropout), maxout]
             width = int(spec["units"])
-        head = nn.Linear(width, 1)
+        head = Linear(width, 1)
         init_linear(head, {"irange": output_irange})
-        modules += [nn.Dropout(hidden_dropout if layers else input_dropout), head]
+        modules += [Dropout(hidden_dropout if layers else input_dropout), head]
         self.net = nn.Sequential(*modules)
 
     def forward(self, x: Tensor) -> Tensor:
         """Pre-sigmoid logits, shape (B,): the losses work on logits for stability."""
-        return self.net(x.reshape(x.shape[0], -1)).squeeze(-1)
+        return precision.fp32(self.net(x.reshape(x.shape[0], -1)).squeeze(-1))
 
 
 def build_generator(model_cfg: Mapping, shape: Sequence[int]) -> nn.Module:

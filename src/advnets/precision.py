@@ -1,0 +1,119 @@
+"""The fast path: the fully connected nets' matmuls in bf16 on fp32 master weights (trainer.precision=bf16-mixed).
+
+Inside `bf16_matmuls()` the layers of advnets.nets.mlp run their matmuls in bf16, with fp32
+accumulation (oneDNN; AMX on CPUs that have it, tensor cores on GPUs), and everything else stays as it is:
+the weights, their gradients, the optimisers, the EMA of G, the losses, the R1 penalty and the nets'
+outputs are fp32. What makes it faster than autocast:
+
+- Each weight is cast to bf16 once per value it takes (`cast`: the cast is cached, keyed on the
+  parameter's version counter, which every in-place update moves on), not once per forward pass: in one
+  Algorithm 1 iteration D's weights serve three forward passes and R1's double backward, G's two.
+- Activations stay bf16 between layers (no cast back and forth around every matmul).
+- Dropout masks come from 16 random bits per unit, four units per 64-bit draw (`cheap_dropout`), not from
+  `bernoulli_`, which draws one random number per unit.
+- The maxout max keeps its argmax (`torch.max`), whose backward is one scatter; `amax`'s compares and
+  divides to share the gradient between ties (which bf16 rounding makes common).
+
+Evaluation (Parzen, FID/KID, samples) runs outside the context, in fp32. The module turns the context on
+around its training step when the Trainer's precision is bf16-mixed (advnets.module.GAN.fast_path); the
+conv nets' conv layers keep Lightning's autocast. docs/speed.md has the measurements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+_on = False  # a plain global, not a thread-local: torch.compile guards on it (and recompiles when it changes)
+DTYPE = torch.bfloat16
+_casts: WeakIdKeyDictionary = WeakIdKeyDictionary()  # layer -> {name: ((version, data pointer), bf16 cast)}
+FAST_PRECISION = "bf16-mixed"  # the Trainer precision that turns the fast path on
+
+
+def enabled() -> bool:
+    """Whether the layers run the fast path here (inside `bf16_matmuls()`)."""
+    return _on
+
+
+@contextmanager
+def bf16_matmuls(on: bool = True) -> Iterator[None]:
+    global _on
+    previous, _on = _on, on
+    try:
+        yield
+    finally:
+        _on = previous
+
+
+def cast(layer: nn.Module, name: str) -> Tensor:
+    """layer.<name> in bf16, differentiable (gradients reach the fp32 parameter), made once per value.
+
+    The cast is made with grad mode on even under no_grad (the D step's G forward), so that the G step's
+    forward, which reuses it, still reaches G's weights. The casts live here, keyed weakly on the layer (a
+    cast refers to its parameter, never to the layer, so they go with the layer), not in the layer: it can
+    still be deep-copied (a cast is not a graph leaf)."""
+    param = getattr(layer, name)
+    if torch.compiler.is_compiling():  # inside a compiled graph the cast is one more fused op
+        return param.to(DTYPE)
+    key = (param._version, param.data_ptr())
+    casts = _casts.setdefault(layer, {})
+    hit = casts.get(name)
+    if hit is None or hit[0] != key:
+        with torch.enable_grad():
+            hit = casts[name] = (key, param.to(DTYPE))
+    return hit[1]
+
+
+def linear(x: Tensor, layer: nn.Linear) -> Tensor:
+    """layer(x) in bf16 on the fast path (output bf16), as nn.Linear elsewhere."""
+    if not enabled():
+        return F.linear(x, layer.weight, layer.bias)
+    bias = cast(layer, "bias") if layer.bias is not None else None
+    return F.linear(x.to(DTYPE), cast(layer, "weight"), bias)
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """F.dropout, with the masks of `cheap_dropout` on the fast path."""
+    if not enabled() or not training or p == 0.0:
+        return F.dropout(x, p, training)
+    return cheap_dropout(x, p)
+
+
+def cheap_dropout(x: Tensor, p: float) -> Tensor:
+    """Dropout (training mode) with masks from 16 random bits per unit, four units per 64-bit draw of the global
+    generator, which the module reseeds every batch (so a resumed run draws the same masks).
+
+    A unit is dropped when its 16-bit draw is below round(p * 2^16); kept units are scaled by the inverse of
+    the keep probability that threshold gives (p = 0.2: drop probability 0.1999969, not 0.2)."""
+    drop_below = round(p * 65536)
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+    draws = words.view(torch.int16)[:n].view(x.shape)  # uniform on [-2^15, 2^15)
+    keep = draws >= drop_below - 32768
+    return x * keep.to(x.dtype).mul_(65536 / (65536 - drop_below))
+
+
+def maxout(pre: Tensor, units: int, pieces: int) -> Tensor:
+    """The max over each contiguous group of `pieces` of the (batch, units * pieces) pre-activations."""
+    grouped = pre.view(pre.shape[0], units, pieces)
+    if not enabled():
+        return grouped.amax(-1)
+    return grouped.max(-1).values
+
+
+def fp32(y: Tensor) -> Tensor:
+    """A net's output in fp32 on the fast path (the losses, R1 and the samples stay fp32); as it is elsewhere."""
+    return y.float() if y.dtype == DTYPE else y
+
+
+def wants_fast_path(precision: str | int | None) -> bool:
+    """Whether a Trainer precision asks for the fast path."""
+    return str(precision) == FAST_PRECISION
+
+
+__all__ = ["bf16_matmuls", "cast", "cheap_dropout", "dropout", "enabled", "fp32", "linear", "maxout", "wants_fast_path"]

@@ -1,0 +1,323 @@
+"""The fast path (trainer.precision=bf16-mixed, advnets.precision) against fp32, through the real module and Trainer.
+
+A short real fit (both schedules, R1 on with gamma 1, the EMA of G on) records, at every optimiser step,
+the gradient the module computed and the weights, batch and noise it computed it from. Each gradient is
+compared with an independent float64 computation at those same weights (test_updates.py's method), so a
+step's error is that step's own, not the drift of the steps before it.
+
+Tolerances (relative L2 error of the whole gradient of a net): D_TOL = 0.1, G_TOL = 0.15. bf16 keeps 8
+significant bits: each matmul input is rounded by up to 2^-9 = 0.2%. Where a gradient is a sum with
+cancellation, that rounding error is large relative to the sum: G's gradient passes through D's gradient
+with respect to its input (a sum over D's units), and so does R1's part of D's; and bf16 rounding flips
+the maxout argmax of near ties. Measured on these small nets (32 G units, 16 maxout units, R1 gamma 1):
+D 0.02 at the first step and up to 0.08 at the second, G 0.005-0.1; fp32 is within 1e-5. The checks that
+make the tolerances mean something: the gradient is not the fp32 module's bit for bit (the fast path
+ran), and leaving R1 out of D's gradient, or taking G's gradient at the other D (the one before D's step
+in Algorithm 1, after it in the simultaneous update), is outside twice the tolerance (measured 0.6-2.0).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from advnets import precision
+from advnets.data import EpochBatchSampler, TensorBatches
+from advnets.module import GAN
+from conftest import compose
+
+GAMMA = 1.0
+SMALL = ["logger=none", "model.noise_dim=10", "model.generator.layers=[{units:32,activation:relu,irange:0.5}]",
+         "model.generator.output.irange=0.5",
+         "model.discriminator.layers=[{units:16,pieces:3,irange:0.1},{units:16,pieces:3,irange:0.2}]",
+         "model.discriminator.output_irange=0.5", "model.ema_decay=0.5", "model.ema_rampup=null",
+         f"stabilisers.r1_gamma={GAMMA}", "k=1"]
+NO_DROPOUT = ["model.discriminator.input_dropout=0", "model.discriminator.hidden_dropout=0"]
+D_TOL, G_TOL = 0.1, 0.15
+BATCH, STEPS = 8, 2
+
+
+def weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in net.named_parameters()}
+
+
+class StepRecorder(pl.Callback):
+    """Events in call order: ("batch", x), ("noise", z), ("D"/"G", {"G": .., "D": .., "grad": ..}) at each step."""
+
+    def __init__(self):
+        self.events: list = []
+        self.casts_seen = False
+
+    def on_train_start(self, trainer, module):
+        nets = {"D": module.discriminator, "G": module.generator}
+        for name, opt in zip("DG", trainer.optimizers):
+            opt.register_step_pre_hook(lambda o, a, k, name=name: self.events.append((name, {
+                "G": weights(module.generator), "D": weights(module.discriminator),
+                "grad": torch.cat([p.grad.flatten() for p in nets[name].parameters()])})))
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.events.append(("batch", batch.clone()))
+
+    def on_train_batch_end(self, trainer, module, *args):
+        linears = [m for m in module.discriminator.modules() if isinstance(m, torch.nn.Linear)]
+        self.casts_seen |= all(m in precision._casts for m in linears)
+
+
+def fit(tmp_path, schedule: str, precision_: str, *extra: str, dropout=None):
+    """Two batches of a real fit; returns (module, recorder). `dropout`: replaces precision.dropout."""
+    cfg = compose(*SMALL, f"schedule={schedule}", *extra, output_dir=tmp_path)
+    torch.manual_seed(0)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    recorder = StepRecorder()
+    real_noise = module.noise
+
+    def noise(n, generator=None, device=None):
+        z = real_noise(n, generator, device)
+        recorder.events.append(("noise", z.clone()))
+        return z
+
+    module.noise = noise
+    x = torch.rand(BATCH * STEPS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path,
+                         precision=precision_, callbacks=[recorder])
+    real_dropout = precision.dropout
+    if dropout is not None:
+        precision.dropout = dropout
+    try:
+        trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(len(x), BATCH, seed=0, shuffle=False)))
+    finally:
+        precision.dropout = real_dropout
+        module.noise = real_noise
+    return module, recorder
+
+
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory):
+    cache = {}
+
+    def get(schedule, precision_, *extra, dropout=None):
+        key = (schedule, precision_, extra, dropout)
+        if key not in cache:
+            cache[key] = fit(tmp_path_factory.mktemp("fit"), schedule, precision_, *extra, dropout=dropout)
+        return cache[key]
+
+    return get
+
+
+def float64_net(net: torch.nn.Module, params: dict) -> torch.nn.Module:
+    ref = copy.deepcopy(net).double().eval()  # eval: dropout off (these fits have p = 0)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(params[name])
+    return ref
+
+
+def d_gradient(module, g_params, d_params, x, z, r1: bool = True) -> torch.Tensor:
+    """d/dD of 0.5 * -(mean log D(x) + mean log(1 - D(G(z)))) + gamma/2 mean ||grad_x D(x)||^2, in float64."""
+    g, d = float64_net(module.generator, g_params), float64_net(module.discriminator, d_params)
+    with torch.no_grad():
+        fake = g(z.double())
+    real = x.double().requires_grad_()
+    logits = d(real)
+    value = 0.5 * (F.softplus(-logits).mean() + F.softplus(d(fake)).mean())
+    if r1:
+        (grad_x,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        value = value + 0.5 * GAMMA * grad_x.pow(2).flatten(1).sum(1).mean()
+    return torch.cat([grad.flatten() for grad in torch.autograd.grad(value, list(d.parameters()))])
+
+
+def g_gradient(module, g_params, d_params, z) -> torch.Tensor:
+    """d/dG of the non-saturating loss -mean log D(G(z)), in float64."""
+    g, d = float64_net(module.generator, g_params), float64_net(module.discriminator, d_params)
+    value = F.softplus(-d(g(z.double()))).mean()
+    return torch.cat([grad.flatten() for grad in torch.autograd.grad(value, list(g.parameters()))])
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(actual.double() - expected) / torch.linalg.vector_norm(expected))
+
+
+def last_before(events: list, kind: str, index: int):
+    return [value for name, value in events[:index] if name == kind][-1]
+
+
+def step_gradients(module, recorder: StepRecorder, schedule: str):
+    """(net, the module's gradient, the float64 one, the float64 alternative that must be outside tolerance)."""
+    events, rows = recorder.events, []
+    for i, (name, state) in enumerate(events):
+        if name == "D":
+            x, z = last_before(events, "batch", i), last_before(events, "noise", i)
+            rows.append(("D", state["grad"], d_gradient(module, state["G"], state["D"], x, z),
+                         d_gradient(module, state["G"], state["D"], x, z, r1=False)))
+        elif name == "G":
+            z = last_before(events, "noise", i)
+            d_before = last_before(events, "D", i)["D"]  # D as it was at D's step, before it
+            right, wrong = (state["D"], d_before) if schedule == "alternating" else (d_before, state["D"])
+            rows.append(("G", state["grad"], g_gradient(module, state["G"], right, z),
+                         g_gradient(module, state["G"], wrong, z)))
+    assert [r[0] for r in rows] == ["D", "G"] * STEPS
+    return rows
+
+
+def assert_gradients_match(module, recorder, schedule, reference=None) -> None:
+    """Every step's gradient within tolerance of float64, the alternative outside it; not fp32's bit for bit."""
+    fp32 = step_gradients(*reference, schedule) if reference is not None else None
+    for n, (net, got, want, alternative) in enumerate(step_gradients(module, recorder, schedule)):
+        tol = D_TOL if net == "D" else G_TOL
+        assert relative_error(got, want) <= tol, (n, net, relative_error(got, want))
+        assert relative_error(alternative, want) > 2 * tol, (n, net, relative_error(alternative, want))
+        if fp32 is not None and n == 0:  # the first step starts from the same weights in both fits
+            assert not torch.equal(got, fp32[0][1]), "bit for bit the fp32 gradient: the fast path did not run"
+
+
+@pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
+def test_fast_path_step_gradients_match_float64(fits, schedule):
+    """bf16-mixed: every D step's gradient (R1's double backward included) and every G step's, at the
+    weights they were taken at, against float64; dropout off so that float64 can repeat the forward passes."""
+    module, fast = fits(schedule, "bf16-mixed", *NO_DROPOUT)
+    assert module.fast_path and fast.casts_seen and not precision.enabled()
+    assert_gradients_match(module, fast, schedule, reference=fits(schedule, "32-true", *NO_DROPOUT))
+
+
+@pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
+def test_fp32_step_gradients_match_float64(fits, schedule):
+    """The same check on 32-true, far tighter: the reference the fast path is held to is right."""
+    module, fp32 = fits(schedule, "32-true", *NO_DROPOUT)
+    assert not module.fast_path and not fp32.casts_seen
+    for n, (net, got, want, _) in enumerate(step_gradients(module, fp32, schedule)):
+        assert relative_error(got, want) <= 1e-5, (n, net, relative_error(got, want))
+
+
+def cheap_masks_everywhere(x, p, training):
+    """The fast path's dropout masks in an fp32 fit: the reference for a fast fit with dropout on."""
+    return precision.cheap_dropout(x, p) if training and p else x
+
+
+@pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
+def test_fast_path_with_dropout_matches_fp32_with_the_same_masks(fits, schedule):
+    """Dropout on (0.2 on the input, 0.5 on hidden units): the first D step of the fast fit against that of
+    an fp32 fit from the same weights that draws the same cheap masks (the module reseeds the global
+    generator every batch, so both draw the same bits); fp32 with torch's own masks is far from both."""
+    _, fast = fits(schedule, "bf16-mixed")
+    _, same_masks = fits(schedule, "32-true", dropout=cheap_masks_everywhere)
+    _, torch_masks = fits(schedule, "32-true")
+    first_d = [[state["grad"] for name, state in r.events if name == "D"][0] for r in (fast, same_masks, torch_masks)]
+    want = first_d[1].double()
+    assert relative_error(first_d[0], want) <= D_TOL, relative_error(first_d[0], want)
+    assert relative_error(first_d[2], want) > 3 * D_TOL
+
+
+def test_ema_of_g_stays_fp32_on_the_fast_path(fits):
+    """The EMA is fp32 and is exactly the fp32 average (decay 0.5) of the fast fit's G after each G step."""
+    module, fast = fits("alternating", "bf16-mixed", *NO_DROPOUT)
+    g_states = [state["G"] for name, state in fast.events if name == "G"] + [weights(module.generator)]
+    expected = g_states[0]  # G at its first step: the EMA's start (on_fit_start), G's weights before any G step
+    for after in g_states[1:]:
+        expected = {n: torch.lerp(expected[n], after[n], 0.5) for n in expected}
+    for n, p in module.generator_ema.generator.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, expected[n]), n
+
+
+def compile_available() -> str | None:
+    """Why torch.compile (dynamo + AOTAutograd) cannot run here, or None."""
+    try:
+        torch.compile(lambda t: t * 2, backend="aot_eager")(torch.ones(2, requires_grad=True)).sum().backward()
+    except Exception as error:  # e.g. a Python version dynamo does not support yet
+        return f"torch.compile unavailable on this platform: {type(error).__name__}: {str(error)[:200]}"
+    return None
+
+
+@pytest.mark.parametrize("precision_", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
+def test_compiled_step_gradients_match_float64(fits, schedule, precision_, monkeypatch):
+    """model.compile=true (R1 through D's eager forward, every other pass compiled), in fp32 and on the fast
+    path, against float64 as above. The backend is aot_eager: the same graph capture and AOTAutograd as
+    Inductor (where double backward and retained graphs fail), without Inductor's C++ compilation, which
+    takes over a minute here for these nets (benchmarks/train_throughput.py --fast-path times Inductor)."""
+    reason = compile_available()
+    if reason:
+        pytest.skip(reason)
+    compile_ = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: compile_(self, backend="aot_eager"))
+    module, compiled = fits(schedule, precision_, *NO_DROPOUT, "model.compile=true")
+    assert module.generator._compiled_call_impl is not None and module.fast_path == (precision_ == "bf16-mixed")
+    if precision_ == "bf16-mixed":
+        assert_gradients_match(module, compiled, schedule, reference=fits(schedule, "32-true", *NO_DROPOUT))
+    else:
+        for n, (net, got, want, _) in enumerate(step_gradients(module, compiled, schedule)):
+            assert relative_error(got, want) <= 1e-5, (n, net, relative_error(got, want))
+
+
+def test_weights_are_cast_once_per_value():
+    """The bf16 copy is reused until the parameter changes in place, and reaches the parameter's gradient
+    even when it was made under no_grad."""
+    layer = torch.nn.Linear(3, 2)
+    with precision.bf16_matmuls():
+        with torch.no_grad():
+            first = precision.cast(layer, "weight")
+        again = precision.cast(layer, "weight")
+        assert again is first and first.dtype == torch.bfloat16 and first.grad_fn is not None
+        precision.linear(torch.ones(1, 3), layer).sum().backward()
+        assert torch.equal(layer.weight.grad, torch.ones(2, 3))
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        fresh = precision.cast(layer, "weight")
+        assert fresh is not first and torch.equal(fresh, layer.weight.detach().to(torch.bfloat16))
+    assert precision.linear(torch.ones(1, 3), layer).dtype == torch.float32  # outside the context: fp32
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_cheap_dropout_masks(p):
+    """Drop rate round(p 2^16) / 2^16 within 5 standard errors over 10^6 units; kept units scaled to keep the
+    mean; the same masks after the same seed."""
+    torch.manual_seed(3)
+    x = torch.ones(1000, 1000)
+    y = precision.cheap_dropout(x, p)
+    q = round(p * 65536) / 65536
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - q) < 5 * (q * (1 - q) / x.numel()) ** 0.5
+    assert torch.equal(torch.unique(y), torch.tensor([0.0, 1 / (1 - q)]))
+    torch.manual_seed(3)
+    assert torch.equal(precision.cheap_dropout(x, p), y)
+    # Units of a row are not all kept or all dropped together: each has its own 16 bits.
+    assert 0 < float((y[0] == 0).float().mean()) < 1
+
+
+def fit_epochs(root, epochs: int, ckpt_path=None):
+    """A fast-path fit (dropout, R1 and the EMA of G on) of `epochs` epochs of two batches; returns the Trainer."""
+    cfg = compose(*SMALL, output_dir=root)
+    torch.manual_seed(0)
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    x = torch.rand(BATCH * STEPS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    trainer = pl.Trainer(max_epochs=epochs, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, accelerator="cpu", default_root_dir=root, precision="bf16-mixed")
+    trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(len(x), BATCH, seed=0, shuffle=True)),
+                ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_fast_path_resumes_bit_for_bit(tmp_path):
+    """Two epochs straight against one epoch, its checkpoint, and a resumed second epoch: every weight (G, D, the
+    EMA), velocity and counter the same bit for bit. The bf16 casts are remade from the restored weights and the
+    cheap dropout masks come from the per-batch seeds, so nothing of the fast path needs saving."""
+    straight = fit_epochs(tmp_path / "straight", 2)
+    first = fit_epochs(tmp_path / "first", 1)
+    first.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed = fit_epochs(tmp_path / "resumed", 2, ckpt_path=tmp_path / "epoch1.ckpt")
+    a, b = straight.lightning_module, resumed.lightning_module
+    assert a.fast_path and b.fast_path and (b.d_updates, b.g_updates) == (a.d_updates, a.g_updates) == (4, 4)
+    assert not torch.equal(first.lightning_module.generator_ema.generator.net[0].weight,
+                           a.generator_ema.generator.net[0].weight)  # the second epoch moved the EMA
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key, value in state_a.items():
+        assert torch.equal(value, state_b[key]), key
+    for opt_a, opt_b in zip(straight.optimizers, resumed.optimizers):
+        for p_a, p_b in zip(opt_a.state.values(), opt_b.state.values()):
+            assert torch.equal(p_a["velocity"], p_b["velocity"])
