@@ -31,33 +31,89 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = ["src/advnets/module.py", "src/advnets/ema.py", "src/advnets/stabilisers.py", "src/advnets/losses.py",
-           "src/advnets/metrics/parzen.py", "src/advnets/metrics/quality.py", "src/advnets/guards.py",
-           "src/advnets/checkpoints.py", "src/advnets/data/batches.py"]
+TARGETS = [
+    "src/advnets/module.py",
+    "src/advnets/ema.py",
+    "src/advnets/stabilisers.py",
+    "src/advnets/losses.py",
+    "src/advnets/metrics/parzen.py",
+    "src/advnets/metrics/quality.py",
+    "src/advnets/guards.py",
+    "src/advnets/checkpoints.py",
+    "src/advnets/data/batches.py",
+]
 # The fast tests that exercise each file (pytest arguments; -k matches a file's name too: "test_data.py" keeps
 # every test of that file).
 TESTS = {
-    "src/advnets/module.py": ["tests/test_wiring.py", "-k", "reaches or ema or draws_from or noise_is", "tests/test_updates.py"],
+    "src/advnets/module.py": [
+        "tests/test_wiring.py",
+        "-k",
+        "reaches or ema or draws_from or noise_is",
+        "tests/test_updates.py",
+    ],
     "src/advnets/ema.py": ["tests/test_stabilisers.py", "tests/test_wiring.py", "-k", "ema"],
-    "src/advnets/stabilisers.py": ["tests/test_stabilisers.py", "tests/test_wiring.py", "-k",
-                                   "r1 or instance or draws_from or baseline"],
-    "src/advnets/losses.py": ["tests/test_losses.py", "tests/test_stabilisers.py", "tests/test_wiring.py", "-k",
-                              "label or loss or baseline or d_scale or minimax or real_label"],
-    "src/advnets/metrics/parzen.py": ["tests/test_parzen.py", "tests/test_wiring.py", "-k",
-                                      "not true_data and not benchmark and not cuda and (parzen or sigma or brute or closed or chunk or metric or grid or screen or far or input)"],
-    "src/advnets/metrics/quality.py": ["tests/test_quality.py", "tests/test_wiring.py", "-k",
-                                       "quality or fid or kid or coverage or classifier or inception"],
+    "src/advnets/stabilisers.py": [
+        "tests/test_stabilisers.py",
+        "tests/test_wiring.py",
+        "-k",
+        "r1 or instance or draws_from or baseline",
+    ],
+    "src/advnets/losses.py": [
+        "tests/test_losses.py",
+        "tests/test_stabilisers.py",
+        "tests/test_wiring.py",
+        "-k",
+        "label or loss or baseline or d_scale or minimax or real_label",
+    ],
+    "src/advnets/metrics/parzen.py": [
+        "tests/test_parzen.py",
+        "tests/test_wiring.py",
+        "-k",
+        "not true_data and not benchmark and not cuda and (parzen or sigma or brute or closed or chunk or metric or grid or screen or far or input)",
+    ],
+    "src/advnets/metrics/quality.py": [
+        "tests/test_quality.py",
+        "tests/test_wiring.py",
+        "-k",
+        "quality or fid or kid or coverage or classifier or inception",
+    ],
     "src/advnets/guards.py": ["tests/test_stabilisers.py", "tests/test_wiring.py", "-k", "collapse or max_time"],
-    "src/advnets/checkpoints.py": ["tests/test_wiring.py", "tests/test_reliability.py", "-k",
-                                   "resume or experiment_key or another_experiment or ckpt_last_finds or not_a_checkpoint"],
-    "src/advnets/data/batches.py": ["tests/test_data.py", "tests/test_tfd.py", "tests/test_wiring.py", "-k",
-                                    "test_data.py or small_valid or draws_from or parzen_metrics or on_device or reaches"],
+    "src/advnets/checkpoints.py": [
+        "tests/test_wiring.py",
+        "tests/test_reliability.py",
+        "-k",
+        "resume or experiment_key or another_experiment or ckpt_last_finds or not_a_checkpoint",
+    ],
+    "src/advnets/data/batches.py": [
+        "tests/test_data.py",
+        "tests/test_tfd.py",
+        "tests/test_wiring.py",
+        "-k",
+        "test_data.py or small_valid or draws_from or parzen_metrics or on_device or reaches",
+    ],
 }
 
-COMPARE_SWAPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
-                 ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
-BINOP_SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult,
-               ast.FloorDiv: ast.Div, ast.Mod: ast.Mult}
+COMPARE_SWAPS = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
+BINOP_SWAPS = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.Pow: ast.Mult,
+    ast.FloorDiv: ast.Div,
+    ast.Mod: ast.Mult,
+}
 
 
 @dataclass
@@ -76,7 +132,11 @@ def _docstring_nodes(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 out.add(id(first))
     return out
 
@@ -116,11 +176,18 @@ def _mutants(node: ast.AST, docstrings: set[int]):
         else:
             new = 1.0 if v == 0.0 else v * 2
         yield "constant", f"({new!r})"
-    elif isinstance(node, ast.Call) and len(node.args) >= 2 and not any(isinstance(a, ast.Starred) for a in node.args[:2]):
+    elif (
+        isinstance(node, ast.Call)
+        and len(node.args) >= 2
+        and not any(isinstance(a, ast.Starred) for a in node.args[:2])
+    ):
         new = copy.deepcopy(node)
         new.args[0], new.args[1] = new.args[1], new.args[0]
         yield "swap-args", f"({ast.unparse(new)})"
-    if isinstance(node, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return)) and id(node) not in docstrings:
+    if (
+        isinstance(node, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return))
+        and id(node) not in docstrings
+    ):
         yield "drop-statement", "pass"
 
 
@@ -146,10 +213,11 @@ def apply(source: str, site: Site) -> str:
     lines = source.splitlines(keepends=True)
     tree = ast.parse(source)
     for node in _in_functions(tree):
-        if (getattr(node, "lineno", None), getattr(node, "col_offset", None)) == (site.line, site.col) and \
-                (ast.get_source_segment(source, node) or "") == site.original:
-            start = sum(len(x.encode()) for x in lines[:node.lineno - 1]) + node.col_offset
-            end = sum(len(x.encode()) for x in lines[:node.end_lineno - 1]) + node.end_col_offset
+        if (getattr(node, "lineno", None), getattr(node, "col_offset", None)) == (site.line, site.col) and (
+            ast.get_source_segment(source, node) or ""
+        ) == site.original:
+            start = sum(len(x.encode()) for x in lines[: node.lineno - 1]) + node.col_offset
+            end = sum(len(x.encode()) for x in lines[: node.end_lineno - 1]) + node.end_col_offset
             data = source.encode()
             mutated = data[:start] + site.mutated.encode() + data[end:]
             return mutated.decode()
@@ -162,8 +230,9 @@ def copy_checkout(workdir: Path) -> None:
         raise SystemExit(f"--workdir {workdir} is inside the checkout: mutants are only ever applied to a copy")
     if workdir.exists():
         shutil.rmtree(workdir)
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.splitlines()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     for name in files:
         src = REPO / name
         if src.is_file():
@@ -172,8 +241,13 @@ def copy_checkout(workdir: Path) -> None:
 
 
 def run_tests(workdir: Path, file: str, timeout: float) -> tuple[str, float, str]:
-    env = {**os.environ, "ADVNETS_SHARED": os.environ.get("ADVNETS_SHARED", str(REPO.parent / "shared")),
-           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = {
+        **os.environ,
+        "ADVNETS_SHARED": os.environ.get("ADVNETS_SHARED", str(REPO.parent / "shared")),
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS[file]]
     start = time.monotonic()
     try:
@@ -215,14 +289,19 @@ def main() -> None:
         for f, s in all_sites.items():
             print(f"{f}: {len(s)} sites")
             for site in s:
-                print(f"  {site.index:4d} {site.line}:{site.col} {site.kind}: {site.original[:60]!r} -> {site.mutated[:60]!r}")
+                print(
+                    f"  {site.index:4d} {site.line}:{site.col} {site.kind}: {site.original[:60]!r} -> {site.mutated[:60]!r}"
+                )
         return
     if args.only:
         chosen = [all_sites[f][int(i)] for f, i in (x.rsplit(":", 1) for x in args.only)]
     else:
         chosen = draw(all_sites, args.sample, args.seed)
-    print(f"{sum(map(len, all_sites.values()))} sites in {len(all_sites)} files; running {len(chosen)} mutants "
-          f"in {args.workdir}", flush=True)
+    print(
+        f"{sum(map(len, all_sites.values()))} sites in {len(all_sites)} files; running {len(chosen)} mutants "
+        f"in {args.workdir}",
+        flush=True,
+    )
     copy_checkout(args.workdir)
     results = []
     for i, site in enumerate(chosen, 1):
@@ -234,8 +313,11 @@ def main() -> None:
         finally:
             path.write_text(original)
         results.append({**asdict(site), "status": status, "seconds": round(seconds, 1), "detail": detail})
-        print(f"[{i}/{len(chosen)}] {status:8s} {site.file}:{site.line}:{site.col} #{site.index} {site.kind}: "
-              f"{site.original[:70]!r} -> {site.mutated[:70]!r} ({seconds:.0f} s) {detail[:150]}", flush=True)
+        print(
+            f"[{i}/{len(chosen)}] {status:8s} {site.file}:{site.line}:{site.col} #{site.index} {site.kind}: "
+            f"{site.original[:70]!r} -> {site.mutated[:70]!r} ({seconds:.0f} s) {detail[:150]}",
+            flush=True,
+        )
         if args.out:
             args.out.write_text(json.dumps(results, indent=1))
     killed = sum(r["status"] in ("KILLED", "TIMEOUT") for r in results)
@@ -243,8 +325,10 @@ def main() -> None:
     errors = [r for r in results if r["status"].startswith("ERROR")]
     print(f"\n{len(results)} mutants: {killed} killed, {len(survived)} survived, {len(errors)} errors")
     for r in survived:
-        print(f"  SURVIVED {r['file']}:{r['line']}:{r['col']} #{r['index']} {r['kind']}: {r['original'][:80]!r} -> "
-              f"{r['mutated'][:80]!r}")
+        print(
+            f"  SURVIVED {r['file']}:{r['line']}:{r['col']} #{r['index']} {r['kind']}: {r['original'][:80]!r} -> "
+            f"{r['mutated'][:80]!r}"
+        )
 
 
 if __name__ == "__main__":

@@ -73,15 +73,25 @@ def main() -> None:
             cfg = conftest.compose(f"experiment={name}", *extra, output_dir=root / name)
             module = GAN(OmegaConf.to_container(cfg, resolve=True))
             clock = Clock()
-            trainer = pl.Trainer(max_steps=2 * n, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                                 enable_progress_bar=False, accelerator=args.device, devices=1,
-                                 default_root_dir=root / name, callbacks=[clock])
+            trainer = pl.Trainer(
+                max_steps=2 * n,
+                limit_val_batches=0,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                accelerator=args.device,
+                devices=1,
+                default_root_dir=root / name,
+                callbacks=[clock],
+            )
             trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
             if name == "tfd_stage1":
                 stage1 = root / "stage1.ckpt"
                 trainer.save_checkpoint(stage1)
-            print(f"{name:14s} batch {cfg.dataset.batch_size:4d}  {100 * clock.seconds / args.updates:8.2f} s / 100 updates",
-                  flush=True)
+            print(
+                f"{name:14s} batch {cfg.dataset.batch_size:4d}  {100 * clock.seconds / args.updates:8.2f} s / 100 updates",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

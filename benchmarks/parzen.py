@@ -200,21 +200,38 @@ def timed(fn, device: torch.device):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=REPO / "data",
-                        help="folder holding (or to receive) MNIST/raw/*.gz (default: <repo>/data)")
-    parser.add_argument("--centres", type=Path, default=None,
-                        help="a .pt file: tensor (N, ...) of samples, or a dict with 'samples'/'centres'")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO / "data",
+        help="folder holding (or to receive) MNIST/raw/*.gz (default: <repo>/data)",
+    )
+    parser.add_argument(
+        "--centres",
+        type=Path,
+        default=None,
+        help="a .pt file: tensor (N, ...) of samples, or a dict with 'samples'/'centres'",
+    )
     parser.add_argument("--samples", type=int, default=10_000, help="number of centres (default 10000)")
-    parser.add_argument("--noise", type=float, default=0.1,
-                        help="without --centres: std of the Gaussian noise added to the real images")
-    parser.add_argument("--port-fraction", type=float, default=0.05,
-                        help="fraction of the select and test points the port is timed on (default 0.05)")
+    parser.add_argument(
+        "--noise", type=float, default=0.1, help="without --centres: std of the Gaussian noise added to the real images"
+    )
+    parser.add_argument(
+        "--port-fraction",
+        type=float,
+        default=0.05,
+        help="fraction of the select and test points the port is timed on (default 0.05)",
+    )
     parser.add_argument("--port-batch-size", type=int, default=100, help="the official script's -b (100)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of our full protocol (--tiny: 1)")
     parser.add_argument("--chunk-size", type=int, default=None, help="our chunk_size (default: the library's)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: torch's); on a busy machine 1 can beat 2")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: torch's); on a busy machine 1 can beat 2",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="small synthetic sizes, runs in seconds")
     args = parser.parse_args(argv)
@@ -244,16 +261,19 @@ def main(argv: list[str] | None = None) -> int:
             rows = torch.randperm(50000, generator=g)[: args.samples]
             noise = args.noise * torch.randn(len(rows), train.shape[1], generator=g)
             centres = (train[rows] + noise).clamp(0, 1)
-            what = (f"{len(centres)} stand-in 'samples': random MNIST training images (rows 0..49999, "
-                    f"seed {args.seed}) + N(0, {args.noise}^2) noise, clipped to [0, 1]")
-        data_note = (f"select: {len(select)} (training rows 50000..50999), "
-                     f"test: {len(test)} (official test set)")
+            what = (
+                f"{len(centres)} stand-in 'samples': random MNIST training images (rows 0..49999, "
+                f"seed {args.seed}) + N(0, {args.noise}^2) noise, clipped to [0, 1]"
+            )
+        data_note = f"select: {len(select)} (training rows 50000..50999), test: {len(test)} (official test set)"
     centres, select, test = (t.to(device=device, dtype=torch.float32) for t in (centres, select, test))
     sigmas = SIGMAS.tolist()
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     load = "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else "load n/a"
-    print(f"device: {device.type} ({threads}, {os.cpu_count()} CPUs, {load}), torch {torch.__version__}, "
-          f"float32 matmul precision {torch.get_float32_matmul_precision()}")
+    print(
+        f"device: {device.type} ({threads}, {os.cpu_count()} CPUs, {load}), torch {torch.__version__}, "
+        f"float32 matmul precision {torch.get_float32_matmul_precision()}"
+    )
     print(f"centres: {what}, d = {centres.shape[1]}")
     print(f"data: {data_note}; sigma grid logspace(-1, 0, 10)")
     sys.stdout.flush()
@@ -270,10 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     t_search, _ = timed(lambda: parzen_sigma_search(select, centres, **kw), device)
     t_test, _ = timed(lambda: parzen_log_likelihood(test, centres, result.sigma, **kw), device)
     t_ours = min(times)
-    print(f"ours: full protocol {t_ours:.2f} s (best of {len(times)}: "
-          f"{', '.join(f'{t:.2f}' for t in times)} s; CPU time of the process, all threads: "
-          f"{', '.join(f'{t:.2f}' for t in cpu_times)} s); parts: sigma search on {len(select)} points "
-          f"{t_search:.2f} s, test set at one sigma {t_test:.2f} s")
+    print(
+        f"ours: full protocol {t_ours:.2f} s (best of {len(times)}: "
+        f"{', '.join(f'{t:.2f}' for t in times)} s; CPU time of the process, all threads: "
+        f"{', '.join(f'{t:.2f}' for t in cpu_times)} s); parts: sigma search on {len(select)} points "
+        f"{t_search:.2f} s, test set at one sigma {t_test:.2f} s"
+    )
     print(f"ours: ll = {result.ll:.4f} +- {result.se:.4f} nats, sigma = {result.sigma:.4f}")
     sys.stdout.flush()
 
@@ -284,13 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     mem_port = PeakMemory(device)
     with mem_port.measure():
         t_port, (p_ll, p_se, p_sigma, p_means) = timed(
-            lambda: port_protocol(centres, sel_f, test_f, sigmas, args.port_batch_size), device)
+            lambda: port_protocol(centres, sel_f, test_f, sigmas, args.port_batch_size), device
+        )
     work_full = len(sigmas) * len(select) + len(test)  # point evaluations of the whole protocol
     work_done = len(sigmas) * n_sel + n_test
     t_port_full = t_port * work_full / work_done
-    print(f"port: measured {t_port:.2f} s on {work_done / work_full:.1%} of the work ({n_sel} select "
-          f"points x {len(sigmas)} sigmas + {n_test} test points, batches of <= {args.port_batch_size}); "
-          f"scaled to the full protocol: {t_port_full:.1f} s ({t_port_full / 60:.1f} min)")
+    print(
+        f"port: measured {t_port:.2f} s on {work_done / work_full:.1%} of the work ({n_sel} select "
+        f"points x {len(sigmas)} sigmas + {n_test} test points, batches of <= {args.port_batch_size}); "
+        f"scaled to the full protocol: {t_port_full:.1f} s ({t_port_full / 60:.1f} min)"
+    )
     print(f"port: on that fraction ll = {p_ll:.4f} +- {p_se:.4f} nats, sigma = {p_sigma:.4f}")
 
     ours_means = parzen_sigma_search(sel_f, centres, **kw).mean(1).tolist()
@@ -299,19 +324,27 @@ def main(argv: list[str] | None = None) -> int:
     d_means = max(abs(a - b) for a, b in zip(ours_means, p_means))
     d_ll = o_frac.ll - p_ll
     ok = o_frac.sigma == p_sigma and abs(d_ll) <= TOLERANCE and d_means <= TOLERANCE
-    print(f"agreement: same fraction, ours ll = {o_frac.ll:.4f} (sigma {o_frac.sigma:.4f}) vs port "
-          f"{p_ll:.4f} (sigma {p_sigma:.4f}): difference {d_ll:+.2e} nats; per-sigma select means "
-          f"max |difference| {d_means:.2e} nats; ours at the port's sigma {o_at_port_sigma:.4f}"
-          f" -> {'OK' if ok else 'MISMATCH'} (tolerance {TOLERANCE} nats)")
+    print(
+        f"agreement: same fraction, ours ll = {o_frac.ll:.4f} (sigma {o_frac.sigma:.4f}) vs port "
+        f"{p_ll:.4f} (sigma {p_sigma:.4f}): difference {d_ll:+.2e} nats; per-sigma select means "
+        f"max |difference| {d_means:.2e} nats; ours at the port's sigma {o_at_port_sigma:.4f}"
+        f" -> {'OK' if ok else 'MISMATCH'} (tolerance {TOLERANCE} nats)"
+    )
     t_median = sorted(times)[len(times) // 2]
-    print(f"speed-up: port (scaled) / ours = {t_port_full:.1f} s / {t_ours:.2f} s = {t_port_full / t_ours:.0f}x "
-          f"(with our median run, {t_median:.2f} s: {t_port_full / t_median:.0f}x)")
+    print(
+        f"speed-up: port (scaled) / ours = {t_port_full:.1f} s / {t_ours:.2f} s = {t_port_full / t_ours:.0f}x "
+        f"(with our median run, {t_median:.2f} s: {t_port_full / t_median:.0f}x)"
+    )
     if hasattr(os, "getloadavg"):
-        print("load average at the end: {:.2f} {:.2f} {:.2f} (on a shared machine other processes inflate the "
-              "timings)".format(*os.getloadavg()))
-    print(f"peak memory: ours {mem_ours.describe()}, port {mem_port.describe()} (each above its own "
-          f"start; RSS sampled every 2 ms from /proc/self/statm); whole process ru_maxrss "
-          f"{_maxrss_mib():,.0f} MiB (includes the data and both)")
+        print(
+            "load average at the end: {:.2f} {:.2f} {:.2f} (on a shared machine other processes inflate the "
+            "timings)".format(*os.getloadavg())
+        )
+    print(
+        f"peak memory: ours {mem_ours.describe()}, port {mem_port.describe()} (each above its own "
+        f"start; RSS sampled every 2 ms from /proc/self/statm); whole process ru_maxrss "
+        f"{_maxrss_mib():,.0f} MiB (includes the data and both)"
+    )
     return 0 if ok else 1
 
 

@@ -53,14 +53,17 @@ def main(argv: list[str] | None = None) -> None:
     from advnets.metrics.quality import SampleQuality
 
     # The settings train.py gets on MNIST: conf/quality/default.yaml, its sample counts from conf/dataset/mnist.yaml.
-    cfg = OmegaConf.create({"dataset": OmegaConf.load(REPO / "conf" / "dataset" / "mnist.yaml"),
-                            "quality": OmegaConf.load(REPO / "conf" / "quality" / "default.yaml")}).quality
+    cfg = OmegaConf.create(
+        {
+            "dataset": OmegaConf.load(REPO / "conf" / "dataset" / "mnist.yaml"),
+            "quality": OmegaConf.load(REPO / "conf" / "quality" / "default.yaml"),
+        }
+    ).quality
     n_full, n_val, subsets, val_subsets = 10000, int(cfg.val_samples), int(cfg.kid_subsets), int(cfg.val_kid_subsets)
     repeats = args.repeats
     if args.tiny:
         n_full, n_val, subsets, val_subsets, repeats = 500, 200, 5, 2, 1
-    splits = MNISTDataModule({"root": str(args.data_dir), "raw_mirror": str(mnist_mirror())},
-                             0).load_splits()
+    splits = MNISTDataModule({"root": str(args.data_dir), "raw_mirror": str(mnist_mirror())}, 0).load_splits()
     samples = splits["train"][torch.randperm(50000, generator=torch.Generator().manual_seed(0))[:n_full]]
     classifier = load_mnist_classifier()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); features: the MNIST classifier")
@@ -87,19 +90,23 @@ def main(argv: list[str] | None = None) -> None:
     runs = [one_set(full, samples) for _ in range(repeats)]
     best = {k: min(r[k] for r in runs) for k in runs[0]}
     total = sum(best.values())
-    print(f"full set: {n_full} samples against {n_full} test images: {total:.2f} s "
-          f"(samples' features {best['features']:.2f} s, FID {best['FID']:.3f} s, KID {best['KID']:.2f} s "
-          f"({subsets} subsets of {min(int(cfg.kid_subset_size), n_full)}), IS {best['IS']:.3f} s, "
-          f"coverage {best['coverage']:.3f} s); the test images' features, once: {t_real:.2f} s")
+    print(
+        f"full set: {n_full} samples against {n_full} test images: {total:.2f} s "
+        f"(samples' features {best['features']:.2f} s, FID {best['FID']:.3f} s, KID {best['KID']:.2f} s "
+        f"({subsets} subsets of {min(int(cfg.kid_subset_size), n_full)}), IS {best['IS']:.3f} s, "
+        f"coverage {best['coverage']:.3f} s); the test images' features, once: {t_real:.2f} s"
+    )
 
     val = quality(val_subsets)
-    t_val_real, _ = timed(lambda: val.update_real(splits["valid"][:max(n_full, n_val)]), 1)
+    t_val_real, _ = timed(lambda: val.update_real(splits["valid"][: max(n_full, n_val)]), 1)
     runs = [one_set(val, samples[:n_val]) for _ in range(repeats)]
     per_g = min(sum(r.values()) for r in runs)
-    print(f"per validation epoch: {n_val} samples against {max(n_full, n_val)} validation images, KID over "
-          f"{val_subsets} subsets: {per_g:.2f} s per generator, {2 * per_g:.2f} s for G and its EMA; the validation "
-          f"images' features, once per "
-          f"process: {t_val_real:.2f} s")
+    print(
+        f"per validation epoch: {n_val} samples against {max(n_full, n_val)} validation images, KID over "
+        f"{val_subsets} subsets: {per_g:.2f} s per generator, {2 * per_g:.2f} s for G and its EMA; the validation "
+        f"images' features, once per "
+        f"process: {t_val_real:.2f} s"
+    )
     print(f"(CPU seconds; the whole run took {time.perf_counter() - wall:.0f} s of wall time)")
 
 

@@ -116,8 +116,10 @@ class _Profile:
                     cb.prof.__exit__(None, None, None)
                     cuda = trainer.strategy.root_device.type == "cuda"
                     self.table = cb.prof.key_averages().table(
-                        sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=15,
-                        max_name_column_width=45)
+                        sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
+                        row_limit=15,
+                        max_name_column_width=45,
+                    )
 
         self.callback = Callback()
 
@@ -133,19 +135,34 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
 
     iters = min(iters, 50_000 // batch)  # one epoch at most (MNIST's 50,000 training rows), full batches only
     out = tempfile.mkdtemp(prefix="advnets-bench-")
-    cfg = compose(f"paths.data_dir={data_dir}", f"dataset.batch_size={batch}", "test_after_fit=false",
-                  f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", *OPTIONS["extra"],
-                  *OPTIONS["logger"], *extra, output_dir=out)
+    cfg = compose(
+        f"paths.data_dir={data_dir}",
+        f"dataset.batch_size={batch}",
+        "test_after_fit=false",
+        f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+        *OPTIONS["extra"],
+        *OPTIONS["logger"],
+        *extra,
+        output_dir=out,
+    )
     pl.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     timer = _Timer()
     timer.total = iters
-    trainer_args = {**cfg.trainer, "max_epochs": 1, "limit_train_batches": iters, "limit_val_batches": 0,
-                    "enable_progress_bar": True}
+    trainer_args = {
+        **cfg.trainer,
+        "max_epochs": 1,
+        "limit_train_batches": iters,
+        "limit_val_batches": 0,
+        "enable_progress_bar": True,
+    }
     try:
-        trainer = pl.Trainer(**trainer_args, logger=build_loggers(cfg) or False,
-                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), timer.callback, *callbacks])
+        trainer = pl.Trainer(
+            **trainer_args,
+            logger=build_loggers(cfg) or False,
+            callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), timer.callback, *callbacks],
+        )
         trainer.fit(module, datamodule=datamodule)
     finally:
         finish_wandb()
@@ -187,8 +204,14 @@ def run_plain_dataloader(iters: int, batch: int, device: str, data_dir: str, wor
     from torchvision import datasets, transforms
 
     mnist = datasets.MNIST(data_dir, train=True, download=False, transform=transforms.ToTensor())
-    loader = DataLoader(Subset(mnist, range(50000)), batch_size=batch, shuffle=True, num_workers=workers,
-                        pin_memory=device == "cuda", drop_last=False)
+    loader = DataLoader(
+        Subset(mnist, range(50000)),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device == "cuda",
+        drop_last=False,
+    )
     g, d, g_opt, d_opt = plain_nets(device)
     done, start = 0, None
     while done < iters:
@@ -236,8 +259,7 @@ def prepare_data(data_dir: str | None) -> str:
     from advnets.data.mnist import MNISTDataModule
 
     data_dir = data_dir or os.environ.get("ADVNETS_DATA_DIR") or str(REPO / "data")
-    dm = MNISTDataModule({"root": data_dir, "batch_size": 100,
-                          "raw_mirror": str(mnist_mirror())}, seed=0)
+    dm = MNISTDataModule({"root": data_dir, "batch_size": 100, "raw_mirror": str(mnist_mirror())}, seed=0)
     dm.prepare_data()
     return data_dir
 
@@ -252,12 +274,22 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--scaling", action="store_true", help="batch sizes 50..400 and 1 vs 2 threads")
     parser.add_argument("--features", action="store_true", help="bf16, torch.compile, larger batch")
-    parser.add_argument("--fast-path", action="store_true",
-                        help="only the defaults in fp32, bf16-mixed, compiled and both, and a profile of the fastest")
-    parser.add_argument("--compile-mode", default=None,
-                        help="--fast-path: torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs)")
-    parser.add_argument("--warmup", type=int, default=30,
-                        help="--fast-path: batches before the timed ones (torch.compile compiles in the first)")
+    parser.add_argument(
+        "--fast-path",
+        action="store_true",
+        help="only the defaults in fp32, bf16-mixed, compiled and both, and a profile of the fastest",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="--fast-path: torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=30,
+        help="--fast-path: batches before the timed ones (torch.compile compiles in the first)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a few iterations, one repeat")
     parser.add_argument("--defaults", action="store_true", help="(a) with the project's defaults (R1, EMA of G)")
     parser.add_argument("--logger", default=None, help="(a)'s logger option, e.g. csv (default: W&B offline + CSV)")
@@ -269,8 +301,11 @@ def main() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     data_dir = prepare_data(args.data_dir)
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.iters} iterations of batch {args.batch}, {args.repeats} repeats", flush=True)
+    print(
+        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.iters} iterations of batch {args.batch}, {args.repeats} repeats",
+        flush=True,
+    )
     if args.fast_path:
         fast_path_rows(args, data_dir)
         return
@@ -281,9 +316,11 @@ def main() -> None:
         speeds["b"].append(run_plain_dataloader(args.iters, args.batch, args.device, data_dir, args.workers))
         speeds["c"].append(run_plain_tensor(args.iters, args.batch, args.device, data_dir))
     med = {k: statistics.median(v) for k, v in speeds.items()}
-    names = {"a": f"project (Trainer + module + DataModule, {args.logger or 'W&B offline'})",
-             "b": f"plain loop, torchvision DataLoader ({args.workers} workers)",
-             "c": "plain loop, data as one tensor"}
+    names = {
+        "a": f"project (Trainer + module + DataModule, {args.logger or 'W&B offline'})",
+        "b": f"plain loop, torchvision DataLoader ({args.workers} workers)",
+        "c": "plain loop, data as one tensor",
+    }
     for k in "abc":
         print(f"({k}) {names[k]:<58} {med[k]:9.0f} samples/s  runs: {', '.join(f'{v:.0f}' for v in speeds[k])}")
     print(f"a/b = {med['a'] / med['b']:.3f}   a/c = {med['a'] / med['c']:.3f}")
@@ -291,37 +328,54 @@ def main() -> None:
 
     if args.scaling:
         for batch in (50, 100, 200, 400):
-            print(f"scaling: batch {batch:4d}: {run_project(args.iters, batch, args.device, data_dir):9.0f} samples/s", flush=True)
+            print(
+                f"scaling: batch {batch:4d}: {run_project(args.iters, batch, args.device, data_dir):9.0f} samples/s",
+                flush=True,
+            )
         if args.device == "cpu":
             threads = torch.get_num_threads()
             for n in (1, 2):
                 torch.set_num_threads(n)
-                print(f"scaling: {n} thread(s), batch {args.batch}: "
-                      f"{run_project(args.iters, args.batch, args.device, data_dir):9.0f} samples/s", flush=True)
+                print(
+                    f"scaling: {n} thread(s), batch {args.batch}: "
+                    f"{run_project(args.iters, args.batch, args.device, data_dir):9.0f} samples/s",
+                    flush=True,
+                )
             torch.set_num_threads(threads)
 
     if args.features:
-        features = {"default": [], "bf16-mixed": ["trainer.precision=bf16-mixed"],
-                    "torch.compile": ["model.compile=true"],
-                    "batch 400, lr x4": ["optimizer.lr=0.4"]}
+        features = {
+            "default": [],
+            "bf16-mixed": ["trainer.precision=bf16-mixed"],
+            "torch.compile": ["model.compile=true"],
+            "batch 400, lr x4": ["optimizer.lr=0.4"],
+        }
         for name, extra in features.items():
             batch = 400 if name.startswith("batch") else args.batch
-            print(f"feature: {name:<18} {run_project(args.iters, batch, args.device, data_dir, extra):9.0f} samples/s", flush=True)
+            print(
+                f"feature: {name:<18} {run_project(args.iters, batch, args.device, data_dir, extra):9.0f} samples/s",
+                flush=True,
+            )
 
 
-FAST_PATH_ROWS = {"fp32 (32-true)": ["trainer.precision=32-true"],
-                  "bf16-mixed (fast path)": ["trainer.precision=bf16-mixed"],
-                  "fp32 + model.compile": ["trainer.precision=32-true", "model.compile=true"],
-                  "bf16-mixed + model.compile": ["trainer.precision=bf16-mixed", "model.compile=true"]}
+FAST_PATH_ROWS = {
+    "fp32 (32-true)": ["trainer.precision=32-true"],
+    "bf16-mixed (fast path)": ["trainer.precision=bf16-mixed"],
+    "fp32 + model.compile": ["trainer.precision=32-true", "model.compile=true"],
+    "bf16-mixed + model.compile": ["trainer.precision=bf16-mixed", "model.compile=true"],
+}
 
 
 def fast_path_rows_for(compile_mode: str | None) -> dict[str, list[str]]:
     """FAST_PATH_ROWS, the compiled ones in torch.compile's `compile_mode` (e.g. reduce-overhead) when given."""
     if not compile_mode:
         return FAST_PATH_ROWS
-    return {name.replace("model.compile", f"compile {compile_mode}"):
-            [o.replace("model.compile=true", f"model.compile={compile_mode}") for o in extra]
-            for name, extra in FAST_PATH_ROWS.items()}
+    return {
+        name.replace("model.compile", f"compile {compile_mode}"): [
+            o.replace("model.compile=true", f"model.compile={compile_mode}") for o in extra
+        ]
+        for name, extra in FAST_PATH_ROWS.items()
+    }
 
 
 def fast_path_rows(args, data_dir: str) -> None:
@@ -340,23 +394,32 @@ def fast_path_rows(args, data_dir: str) -> None:
             except Exception as error:  # e.g. CUDA graphs under manual optimisation: the other rows still run
                 print(f"run: {name:<28} failed: {type(error).__name__}: {str(error)[:300]}", flush=True)
                 continue
-            print(f"run: {name:<28} {speeds[name][-1][0]:7.0f} samples/s, {speeds[name][-1][1]:7.0f} per CPU s",
-                  flush=True)
-    med = {name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
-           for name, v in speeds.items() if v}
+            print(
+                f"run: {name:<28} {speeds[name][-1][0]:7.0f} samples/s, {speeds[name][-1][1]:7.0f} per CPU s",
+                flush=True,
+            )
+    med = {
+        name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for name, v in speeds.items()
+        if v
+    }
     wall0, cpu0 = med["fp32 (32-true)"]
-    print(f"the defaults (Algorithm 1, k=1, R1 gamma 0.1, EMA of G), batch {args.batch}, {args.iters} batches timed "
-          f"after {args.warmup} warm-up ones (compilation), median of {args.repeats}:")
+    print(
+        f"the defaults (Algorithm 1, k=1, R1 gamma 0.1, EMA of G), batch {args.batch}, {args.iters} batches timed "
+        f"after {args.warmup} warm-up ones (compilation), median of {args.repeats}:"
+    )
     for name, (wall, cpu) in med.items():
         # k = 1: one iteration is one D update and one G update.
-        print(f"fast-path: {name:<28} {wall:7.0f} samples/s  {wall / args.batch:6.1f} D+G updates/s  "
-              f"x{wall / wall0:4.2f} of fp32 | {cpu:7.0f} per CPU s  x{cpu / cpu0:4.2f} of fp32", flush=True)
+        print(
+            f"fast-path: {name:<28} {wall:7.0f} samples/s  {wall / args.batch:6.1f} D+G updates/s  "
+            f"x{wall / wall0:4.2f} of fp32 | {cpu:7.0f} per CPU s  x{cpu / cpu0:4.2f} of fp32",
+            flush=True,
+        )
     # The fastest per CPU second on a CPU (the neighbours' load moves wall time), per second on a GPU.
     fastest = max(med, key=lambda name: med[name][0 if args.device == "cuda" else 1])
     batches = min(args.iters, 50)
     profile = _Profile(skip=args.warmup, batches=batches)
-    run_project(args.warmup + batches, args.batch, args.device, data_dir, rows[fastest],
-                callbacks=[profile.callback])
+    run_project(args.warmup + batches, args.batch, args.device, data_dir, rows[fastest], callbacks=[profile.callback])
     print(f"profile of the fastest ({fastest}), {batches} batches:\n{profile.table}", flush=True)
 
 

@@ -46,8 +46,13 @@ def run(cfg: DictConfig) -> None:
     for name, table in tables.items():
         (out_dir / f"{name}.md").write_text(table + "\n")
         print(table + "\n")
-    figures = {} if ev.module is None else save_figures(ev.module, ev.train_images, out_dir / "figures",
-                                                        seed=int(cfg.seed), which=ev.module.generators[-1])
+    figures = (
+        {}
+        if ev.module is None
+        else save_figures(
+            ev.module, ev.train_images, out_dir / "figures", seed=int(cfg.seed), which=ev.module.generators[-1]
+        )
+    )
     log_to_wandb(cfg, ev, tables, figures)
 
 
@@ -60,12 +65,22 @@ def log_to_wandb(cfg: DictConfig, ev, tables: dict[str, str], figures: dict) -> 
 
     w = cfg.logger.wandb
     Path(w.save_dir).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=w.project, mode=wandb_mode(w), dir=w.save_dir, job_type="eval", group=w.group,
-                     name=w.name or f"eval-{ev.reference or Path(str(ev.ckpt_path)).parent.parent.name}",
-                     config=OmegaConf.to_container(cfg, resolve=True))
+    run = wandb.init(
+        project=w.project,
+        mode=wandb_mode(w),
+        dir=w.save_dir,
+        job_type="eval",
+        group=w.group,
+        name=w.name or f"eval-{ev.reference or Path(str(ev.ckpt_path)).parent.parent.name}",
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
     run.summary.update(summary(ev))
-    run.log({**{name: wandb.Html(f"<pre>{table}</pre>") for name, table in tables.items()},
-             **{key: wandb.Image(str(path)) for key, path in figures.items()}})
+    run.log(
+        {
+            **{name: wandb.Html(f"<pre>{table}</pre>") for name, table in tables.items()},
+            **{key: wandb.Image(str(path)) for key, path in figures.items()},
+        }
+    )
 
 
 if __name__ == "__main__":

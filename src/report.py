@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
-import sys
 import json
+import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,8 +117,13 @@ def read_evals(folder: Path) -> dict[int, dict[str, dict[str, float]]]:
         epoch = int(match.group(1)) + 1
         for which, p in rows.items():
             q = quality.get(which, {})
-            found.setdefault(epoch, {})[which] = {"parzen_ll": p["ll"], "parzen_se": p["se"], "fid": q.get("fid"),
-                                                  "kid": q.get("kid"), "classes_covered": q.get("classes_covered")}
+            found.setdefault(epoch, {})[which] = {
+                "parzen_ll": p["ll"],
+                "parzen_se": p["se"],
+                "fid": q.get("fid"),
+                "kid": q.get("kid"),
+                "classes_covered": q.get("classes_covered"),
+            }
     return found
 
 
@@ -137,10 +142,14 @@ def find_runs(dirs: list[Path]) -> list[Run]:
         if metrics_files(d):
             runs.append(read_run(d))
             continue
-        jobs = sorted((p for p in d.iterdir() if p.is_dir() and metrics_files(p)), key=lambda p: (job_number(p), p.name))
+        jobs = sorted(
+            (p for p in d.iterdir() if p.is_dir() and metrics_files(p)), key=lambda p: (job_number(p), p.name)
+        )
         if not jobs:
-            raise UserError(f"no runs in {d}: a run folder holds csv/version_N/metrics.csv (written with the default "
-                   f"logger, or logger=csv)")
+            raise UserError(
+                f"no runs in {d}: a run folder holds csv/version_N/metrics.csv (written with the default "
+                f"logger, or logger=csv)"
+            )
         runs.extend(read_run(p) for p in jobs)
     return runs
 
@@ -158,30 +167,37 @@ def table(runs: list[Run]) -> str:
     def num(run: Run, key: str, fmt: str) -> str:
         return format(run.final[key], fmt) if key in run.final else "-"
 
-    lines = [f"Overrides of every run: `{','.join(common)}`\n" if common else "",
-             "| run | overrides | test/parzen_ll +- se | train/d_real | train/d_fake | D updates | G updates "
-             "| train time (s) | test/fid | test/kid +- std | test/classes_covered |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Overrides of every run: `{','.join(common)}`\n" if common else "",
+        "| run | overrides | test/parzen_ll +- se | train/d_real | train/d_fake | D updates | G updates "
+        "| train time (s) | test/fid | test/kid +- std | test/classes_covered |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r, label in zip(runs, labels):
-        ll = (f"{r.final['test/parzen_ll']:.1f} +- {r.final['test/parzen_se']:.1f}"
-              if "test/parzen_ll" in r.final else "-")
+        ll = (
+            f"{r.final['test/parzen_ll']:.1f} +- {r.final['test/parzen_se']:.1f}"
+            if "test/parzen_ll" in r.final
+            else "-"
+        )
         name = str(job_number(r.folder)) if job_number(r.folder) >= 0 else r.folder.name
         kid = f"{r.final['test/kid']:.5f} +- {r.final['test/kid_std']:.5f}" if "test/kid" in r.final else "-"
-        lines.append(f"| {name} | `{label}` | {ll} | {num(r, 'train/d_real', '.3f')} | "
-                     f"{num(r, 'train/d_fake', '.3f')} | {num(r, 'train/d_updates', '.0f')} | "
-                     f"{num(r, 'train/g_updates', '.0f')} | {num(r, 'train/elapsed_s', '.1f')} | "
-                     f"{num(r, 'test/fid', '.3f')} | {kid} | {num(r, 'test/classes_covered', '.0f')} |")
+        lines.append(
+            f"| {name} | `{label}` | {ll} | {num(r, 'train/d_real', '.3f')} | "
+            f"{num(r, 'train/d_fake', '.3f')} | {num(r, 'train/d_updates', '.0f')} | "
+            f"{num(r, 'train/g_updates', '.0f')} | {num(r, 'train/elapsed_s', '.1f')} | "
+            f"{num(r, 'test/fid', '.3f')} | {kid} | {num(r, 'test/classes_covered', '.0f')} |"
+        )
     return "\n".join(line for line in lines if line) + "\n"
 
 
 def setting_of(run: Run) -> tuple[str, ...]:
     """A run's overrides without advnets.config.NOT_A_SETTING (the seed, the run's length...): the runs of one
     setting differ only in those."""
+
     def key(override: str) -> str:
         return override.split("=", 1)[0].lstrip("+~")
 
-    return tuple(o for o in run.overrides
-                 if not any(key(o) == k or key(o).startswith(k + ".") for k in NOT_A_SETTING))
+    return tuple(o for o in run.overrides if not any(key(o) == k or key(o).startswith(k + ".") for k in NOT_A_SETTING))
 
 
 def settings(runs: list[Run]) -> dict[str, list[Run]]:
@@ -223,24 +239,33 @@ def within(run: Run, budget_key: str, budget: float | None) -> int | None:
     return max(fits) if fits else None
 
 
-def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None = None,
-                seconds: float | None = None) -> str:
+def seeds_table(
+    runs: list[Run], epoch: int | None = None, g_updates: int | None = None, seconds: float | None = None
+) -> str:
     """Per setting: seeds, collapsed, val/parzen_ll (raw, EMA) at the last common epoch and at `epoch`, test/;
     then val/fid (raw, EMA) at the last common epoch and test/fid. With `g_updates` or `seconds`: also
     val/parzen_ll at equal G updates or equal training time (each run's last validation within the budget)."""
     head = "| setting | seeds | collapsed | last epoch | val/parzen_ll | val/ema_parzen_ll |"
     if epoch is not None:
         head += f" val/parzen_ll @{epoch} | val/ema_parzen_ll @{epoch} |"
-    budgets = [(key, b, name) for key, b, name in (("val/g_updates", g_updates, f"@{g_updates} G updates"),
-                                                   ("train/elapsed_s", seconds, f"@{seconds:g} s" if seconds else ""))
-               if b is not None]
+    budgets = [
+        (key, b, name)
+        for key, b, name in (
+            ("val/g_updates", g_updates, f"@{g_updates} G updates"),
+            ("train/elapsed_s", seconds, f"@{seconds:g} s" if seconds else ""),
+        )
+        if b is not None
+    ]
     for _, _, name in budgets:
         head += f" val/parzen_ll {name} | val/ema_parzen_ll {name} |"
     # Parzen alone rewards blur: every row gives the sample-quality figures of the same runs beside it.
     head += " test/parzen_ll | test/ema_parzen_ll | val/fid | val/ema_fid | test/fid | test/ema_fid |"
     head += " test/kid | test/ema_kid | test/classes_covered | test/ema_classes_covered |"
-    lines = ["Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)) of each setting's runs.\n", head,
-             "|" + "---|" * (head.count("|") - 1)]
+    lines = [
+        "Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)) of each setting's runs.\n",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
     for label, group in settings(runs).items():
         last = min((max(r.val) for r in group if r.val), default=None) if all(r.val for r in group) else None
 
@@ -252,21 +277,27 @@ def seeds_table(runs: list[Run], epoch: int | None = None, g_updates: int | None
             return values if len(values) == len(group) else []
 
         collapsed = sum(r.final.get("train/collapsed", 0.0) > 0 for r in group)
-        row = (f"| `{label}` | {len(group)} | {collapsed} | {last or '-'} | {fmt(at(last, 'val/parzen_ll'))} | "
-               f"{fmt(at(last, 'val/ema_parzen_ll'))} |")
+        row = (
+            f"| `{label}` | {len(group)} | {collapsed} | {last or '-'} | {fmt(at(last, 'val/parzen_ll'))} | "
+            f"{fmt(at(last, 'val/ema_parzen_ll'))} |"
+        )
         if epoch is not None:
             # a collapsed run stopped before `epoch` has no value there: the mean is over the runs that reached it
-            row += (f" {fmt(at(epoch, 'val/parzen_ll'), seeds=len(group))} |"
-                    f" {fmt(at(epoch, 'val/ema_parzen_ll'), seeds=len(group))} |")
+            row += (
+                f" {fmt(at(epoch, 'val/parzen_ll'), seeds=len(group))} |"
+                f" {fmt(at(epoch, 'val/ema_parzen_ll'), seeds=len(group))} |"
+            )
         for budget_key, budget, _ in budgets:
             picked = [(r, within(r, budget_key, budget)) for r in group]
             for key in ("val/parzen_ll", "val/ema_parzen_ll"):
                 values = [r.val[e][key] for r, e in picked if e is not None and key in r.val[e]]
                 row += f" {fmt(values) if len(values) == len(group) else '-'} |"
         row += f" {fmt(final('test/parzen_ll'))} | {fmt(final('test/ema_parzen_ll'))} |"
-        row += (f" {fmt(at(last, 'val/fid'), 2)} | {fmt(at(last, 'val/ema_fid'), 2)} | {fmt(final('test/fid'), 2)} |"
-                f" {fmt(final('test/ema_fid'), 2)} | {fmt(final('test/kid'), 4)} | {fmt(final('test/ema_kid'), 4)} |"
-                f" {fmt(final('test/classes_covered'), 1)} | {fmt(final('test/ema_classes_covered'), 1)} |")
+        row += (
+            f" {fmt(at(last, 'val/fid'), 2)} | {fmt(at(last, 'val/ema_fid'), 2)} | {fmt(final('test/fid'), 2)} |"
+            f" {fmt(final('test/ema_fid'), 2)} | {fmt(final('test/kid'), 4)} | {fmt(final('test/ema_kid'), 4)} |"
+            f" {fmt(final('test/classes_covered'), 1)} | {fmt(final('test/ema_classes_covered'), 1)} |"
+        )
         lines.append(row)
     return "\n".join(lines) + "\n"
 
@@ -276,20 +307,30 @@ def protocol_table(runs: list[Run]) -> str:
     seeds evaluated there; the Parzen column also gives the mean within-run s.e. (the estimate's own noise)."""
     if not any(r.evals for r in runs):
         return ""
-    head = ("| setting | epoch | seeds | G: Parzen (within-run s.e.) | G: FID | G: KID | G: classes | EMA: Parzen | "
-            "EMA: FID | EMA: KID | EMA: classes |")
-    lines = ["Full protocol at evaluated checkpoints (src/eval.py): mean +- s.e. over seeds.\n", head,
-             "|" + "---|" * (head.count("|") - 1)]
+    head = (
+        "| setting | epoch | seeds | G: Parzen (within-run s.e.) | G: FID | G: KID | G: classes | EMA: Parzen | "
+        "EMA: FID | EMA: KID | EMA: classes |"
+    )
+    lines = [
+        "Full protocol at evaluated checkpoints (src/eval.py): mean +- s.e. over seeds.\n",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
     for label, group in settings(runs).items():
         for epoch in sorted({e for r in group for e in r.evals}):
             scored = [r.evals[epoch] for r in group if epoch in r.evals]
             row = f"| `{label}` | {epoch} | {len(scored)} |"
             for which in ("raw", "ema"):
-                values = {k: [s[which][k] for s in scored if which in s and s[which][k] is not None]
-                          for k in PROTOCOL_KEYS}
-                within = f" (+- {sum(values['parzen_se']) / len(values['parzen_se']):.1f})" if values["parzen_se"] else ""
-                row += (f" {fmt(values['parzen_ll'])}{within} | {fmt(values['fid'], 1)} | {fmt(values['kid'], 2)} |"
-                        f" {fmt(values['classes_covered'], 1)} |")
+                values = {
+                    k: [s[which][k] for s in scored if which in s and s[which][k] is not None] for k in PROTOCOL_KEYS
+                }
+                within = (
+                    f" (+- {sum(values['parzen_se']) / len(values['parzen_se']):.1f})" if values["parzen_se"] else ""
+                )
+                row += (
+                    f" {fmt(values['parzen_ll'])}{within} | {fmt(values['fid'], 1)} | {fmt(values['kid'], 2)} |"
+                    f" {fmt(values['classes_covered'], 1)} |"
+                )
             lines.append(row)
     return "\n".join(lines) + "\n"
 
@@ -301,15 +342,22 @@ def plot_protocol(runs: list[Run], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("parzen_ll", "Parzen log-likelihood (nats)"), ("fid", "FID (classifier), lower is better"),
-              ("classes_covered", "classes covered")]
+    panels = [
+        ("parzen_ll", "Parzen log-likelihood (nats)"),
+        ("fid", "FID (classifier), lower is better"),
+        ("classes_covered", "classes covered"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
     for ax, (key, ylabel) in zip(axes, panels):
         for i, (label, group) in enumerate(settings(runs).items()):
             for which, style in (("raw", "-"), ("ema", "--")):
-                points = [{e: s[which][key] for e, s in r.evals.items() if which in s and s[which][key] is not None}
-                          for r in group]
-                _curve(ax, points, f"C{i % 10}", style, f"{label} ({len(group)} seeds){' EMA' if which == 'ema' else ''}")
+                points = [
+                    {e: s[which][key] for e, s in r.evals.items() if which in s and s[which][key] is not None}
+                    for r in group
+                ]
+                _curve(
+                    ax, points, f"C{i % 10}", style, f"{label} ({len(group)} seeds){' EMA' if which == 'ema' else ''}"
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{ylabel}, mean +- s.e.")
         if key == "fid":
@@ -329,24 +377,40 @@ def theory_table(runs: list[Run], jsd_below: float, g_updates: int | None = None
     and for those, the G updates and training seconds (train/elapsed_s) by the end of that epoch. With
     `g_updates`: val/jsd at equal G updates too (each run's last validation within that many).
     """
-    cells = ["setting", "seeds", "E\\|D - D*\\| over training", "final JSD", f"reached JSD < {jsd_below:g}",
-             "G updates to reach", "seconds to reach"]
+    cells = [
+        "setting",
+        "seeds",
+        "E\\|D - D*\\| over training",
+        "final JSD",
+        f"reached JSD < {jsd_below:g}",
+        "G updates to reach",
+        "seconds to reach",
+    ]
     if g_updates is not None:
         cells.append(f"JSD @{g_updates} G updates")
-    lines = ["Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)); 'to reach' over the seeds that reached.\n",
-             "| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
+    lines = [
+        "Over seeds: mean +- s.e. (std with ddof 1 / sqrt(seeds)); 'to reach' over the seeds that reached.\n",
+        "| " + " | ".join(cells) + " |",
+        "|" + "---|" * len(cells),
+    ]
     for label, group in settings(runs).items():
-        distance = [sum(v["val/d_distance"] for v in r.val.values() if "val/d_distance" in v)
-                    / max(1, sum("val/d_distance" in v for v in r.val.values())) for r in group if r.val]
+        distance = [
+            sum(v["val/d_distance"] for v in r.val.values() if "val/d_distance" in v)
+            / max(1, sum("val/d_distance" in v for v in r.val.values()))
+            for r in group
+            if r.val
+        ]
         final = [r.final["test/jsd"] for r in group if "test/jsd" in r.final]
         reached = []
         for r in group:
             below = [e for e in sorted(r.val) if r.val[e].get("val/jsd", math.inf) < jsd_below]
             if below:
                 reached.append(r.val[below[0]])
-        row = (f"| `{label}` | {len(group)} | {fmt(distance, 4)} | {fmt(final, 4)} | {len(reached)}/{len(group)} "
-               f"| {fmt([v['val/g_updates'] for v in reached if 'val/g_updates' in v], 0)} "
-               f"| {fmt([v['train/elapsed_s'] for v in reached if 'train/elapsed_s' in v], 1)} |")
+        row = (
+            f"| `{label}` | {len(group)} | {fmt(distance, 4)} | {fmt(final, 4)} | {len(reached)}/{len(group)} "
+            f"| {fmt([v['val/g_updates'] for v in reached if 'val/g_updates' in v], 0)} "
+            f"| {fmt([v['train/elapsed_s'] for v in reached if 'train/elapsed_s' in v], 1)} |"
+        )
         if g_updates is not None:
             picked = [(r, within(r, "val/g_updates", g_updates)) for r in group]
             values = [r.val[e]["val/jsd"] for r, e in picked if e is not None and "val/jsd" in r.val[e]]
@@ -372,8 +436,13 @@ def _curve(ax, points: list[dict[float, float]], color: str, style: str, label: 
     last = every[-1] + 1 if every else 0
     marker = "o" if len(xs) < 100 else None
     ax.plot(xs[:last], mean[:last], style, color=color, marker=marker, markersize=3, label=label)
-    ax.fill_between(xs[:last], [m - s for m, s in zip(mean[:last], se)], [m + s for m, s in zip(mean[:last], se)],
-                    color=color, alpha=0.2)
+    ax.fill_between(
+        xs[:last],
+        [m - s for m, s in zip(mean[:last], se)],
+        [m + s for m, s in zip(mean[:last], se)],
+        color=color,
+        alpha=0.2,
+    )
     if last < len(xs):
         start = max(last - 1, 0)
         ax.plot(xs[start:], mean[start:], style, color=color, linewidth=0.7, alpha=0.6)
@@ -390,27 +459,41 @@ def plot(runs: list[Run], path: Path, first_updates: int | None = None) -> None:
 
     theory = is_theory(runs)
     if theory:
-        panels = [("val/jsd", "JSD(p_data || p_g) (nats)"), ("val/d_distance", "E|D - D*|"),
-                  ("train/g_grad_norm", "norm of G's gradient"), ("train/d_fake", "D(G(z)), batch mean")]
+        panels = [
+            ("val/jsd", "JSD(p_data || p_g) (nats)"),
+            ("val/d_distance", "E|D - D*|"),
+            ("train/g_grad_norm", "norm of G's gradient"),
+            ("train/d_fake", "D(G(z)), batch mean"),
+        ]
     else:
         panels = [("val/parzen_ll", "val/parzen_ll (nats)")]
         if any("val/fid" in v for r in runs for v in r.val.values()):
             panels.append(("val/fid", "val/fid (lower is better)"))
     cols = 2 if theory else len(panels)
-    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(7 * cols, 4.5 * -(-len(panels) // cols)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        -(-len(panels) // cols), cols, figsize=(7 * cols, 4.5 * -(-len(panels) // cols)), squeeze=False
+    )
     for ax, (metric, ylabel) in zip(axes.flat, panels):
         for i, (label, group) in enumerate(settings(runs).items()):
             name = f"{label} ({len(group)} seed{'s' if len(group) > 1 else ''})"
             if metric.startswith("train/"):
-                points = [{row["train/g_updates"]: row[metric] for row in r.steps if metric in row
-                           and "train/g_updates" in row and row["train/g_updates"] <= (first_updates or math.inf)}
-                          for r in group]
+                points = [
+                    {
+                        row["train/g_updates"]: row[metric]
+                        for row in r.steps
+                        if metric in row
+                        and "train/g_updates" in row
+                        and row["train/g_updates"] <= (first_updates or math.inf)
+                    }
+                    for r in group
+                ]
                 _curve(ax, points, f"C{i % 10}", "-", name)
                 continue
             for key, style in ((metric, "-"), (metric.replace("val/", "val/ema_"), "--")):
-                points = [{(v.get("val/g_updates", e) if theory else e): v[key] for e, v in r.val.items() if key in v}
-                          for r in group]
+                points = [
+                    {(v.get("val/g_updates", e) if theory else e): v[key] for e, v in r.val.items() if key in v}
+                    for r in group
+                ]
                 _curve(ax, points, f"C{i % 10}", style, name + (" EMA" if "ema" in key else ""))
         ax.set_xlabel("G updates" if theory else "epoch")
         ax.set_ylabel(f"{ylabel}, mean +- s.e. over seeds")
@@ -437,14 +520,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="a multirun folder or run folders")
     parser.add_argument("--out", type=Path, help="where report.md and report.png go")
     parser.add_argument("--epoch", type=int, help="also compare the settings at this (1-based) epoch")
-    parser.add_argument("--g-updates", type=int, help="also compare them at equal G updates (the last validation "
-                        "within this many)")
-    parser.add_argument("--seconds", type=float, help="also compare them at equal training time (the last "
-                        "validation within this many seconds of train/elapsed_s)")
-    parser.add_argument("--first-updates", type=int, help="1-D runs: plot G's gradient norm and D(G(z)) over the "
-                        "first this many G updates only")
-    parser.add_argument("--jsd-below", type=float, default=0.01, help="1-D runs: the JSD (nats) whose first "
-                        "crossing the table times (default 0.01)")
+    parser.add_argument(
+        "--g-updates", type=int, help="also compare them at equal G updates (the last validation within this many)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        help="also compare them at equal training time (the last "
+        "validation within this many seconds of train/elapsed_s)",
+    )
+    parser.add_argument(
+        "--first-updates",
+        type=int,
+        help="1-D runs: plot G's gradient norm and D(G(z)) over the first this many G updates only",
+    )
+    parser.add_argument(
+        "--jsd-below",
+        type=float,
+        default=0.01,
+        help="1-D runs: the JSD (nats) whose first crossing the table times (default 0.01)",
+    )
     args = parser.parse_args(argv)
     runs = find_runs(args.dirs)
     out = args.out or (args.dirs[0] if len(args.dirs) == 1 else Path.cwd())
@@ -452,8 +547,13 @@ def main(argv: list[str] | None = None) -> None:
     if is_theory(runs):
         text = theory_table(runs, args.jsd_below, args.g_updates) + "\n" + table(runs)
     else:
-        text = (seeds_table(runs, args.epoch, args.g_updates, args.seconds) + "\n" + protocol_table(runs) + "\n"
-                + table(runs))
+        text = (
+            seeds_table(runs, args.epoch, args.g_updates, args.seconds)
+            + "\n"
+            + protocol_table(runs)
+            + "\n"
+            + table(runs)
+        )
     (out / "report.md").write_text(text)
     plot(runs, out / "report.png", args.first_updates)
     if any(r.evals for r in runs):

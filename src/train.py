@@ -59,16 +59,27 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
     preemption = PreemptionHandler(parse_max_time(cfg.trainer.max_time))
     # Off a terminal (SLURM, nohup, CI), a line at a bounded rate instead of a bar redrawn for every batch.
-    progress = ([ProgressLines(cfg.callbacks.progress.every_s)]
-                if cfg.trainer.enable_progress_bar and not sys.stderr.isatty() else [])
+    progress = (
+        [ProgressLines(cfg.callbacks.progress.every_s)]
+        if cfg.trainer.enable_progress_bar and not sys.stderr.isatty()
+        else []
+    )
     preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint
     try:
         # A resumed run logs into its folder's W&B run (steps go on from the checkpoint's) and next CSV version.
         loggers = build_loggers(cfg, continue_wandb_id=wandb_run_id(run_folder) if ckpt_path else None)
-        trainer = pl.Trainer(**trainer_args, logger=loggers or False,
-                             callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), DivergenceGuard(),
-                                        CollapseMonitor(**cfg.callbacks.collapse),
-                                        *(instantiate(c) for c in cfg.callbacks.extra), *progress, preemption])
+        trainer = pl.Trainer(
+            **trainer_args,
+            logger=loggers or False,
+            callbacks=[
+                ModelCheckpoint(**cfg.callbacks.checkpoint),
+                DivergenceGuard(),
+                CollapseMonitor(**cfg.callbacks.collapse),
+                *(instantiate(c) for c in cfg.callbacks.extra),
+                *progress,
+                preemption,
+            ],
+        )
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:  # arrived during validation: Lightning stopped there, before our batch-end save

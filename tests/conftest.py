@@ -54,24 +54,47 @@ def compose(*overrides: str, output_dir: str | Path = "/tmp/advnets-test-run"):
 
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600, cwd: Path = REPO):
     """Run `python src/<script> args...` as a user would, W&B offline; returns the CompletedProcess."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1",
-                "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "src" / script), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    full_env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "PYTHONUNBUFFERED": "1",
+        "HYDRA_FULL_ERROR": "0",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, str(REPO / "src" / script), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tiny_run(data_dir: Path, batches: int) -> list[str]:
     """Overrides for a run of one short epoch with cheap Parzen estimates and sample-quality metrics."""
-    return [f"paths.data_dir={data_dir}", "trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
-            "parzen.val_samples=200", "parzen.test_samples=200", "quality.val_samples=200",
-            "quality.test_samples=200", "trainer.enable_progress_bar=false"]
+    return [
+        f"paths.data_dir={data_dir}",
+        "trainer.max_epochs=1",
+        f"trainer.limit_train_batches={batches}",
+        "parzen.val_samples=200",
+        "parzen.test_samples=200",
+        "quality.val_samples=200",
+        "quality.test_samples=200",
+        "trainer.enable_progress_bar=false",
+    ]
 
 
 def wandb_inspect(run_dir: Path, *flags: str) -> str:
     """`wandb leet inspect FLAGS` of the one offline W&B run under run_dir/wandb."""
     (offline,) = list((run_dir / "wandb").glob("offline-run-*"))
-    return subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", *flags, str(offline)],
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", *flags, str(offline)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def wandb_summary(run_dir: Path) -> dict:

@@ -18,10 +18,17 @@ from conftest import compose
 
 BATCH, BATCHES = 2500, 20  # 20 batches an epoch
 LR0, DECAY = 0.1, 1.000004
-SMALL = ["model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
-         "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]", "stabilisers.r1_gamma=null",
-         "model.discriminator.input_dropout=0", "model.discriminator.hidden_dropout=0",
-         "quality.features=null", "parzen.val_samples=50", "trainer.limit_val_batches=1", "model.ema_decay=null"]
+SMALL = [
+    "model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
+    "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]",
+    "stabilisers.r1_gamma=null",
+    "model.discriminator.input_dropout=0",
+    "model.discriminator.hidden_dropout=0",
+    "quality.features=null",
+    "parzen.val_samples=50",
+    "trainer.limit_val_batches=1",
+    "model.ema_decay=null",
+]
 
 
 def test_anneal_factor_closed_form():
@@ -47,9 +54,17 @@ class LrRecorder(pl.Callback):
 
     def on_train_start(self, trainer, module):
         for net, opt in zip("DG", trainer.optimizers):
-            opt.register_step_pre_hook(lambda o, a, k, net=net: self.steps.append(
-                (net, trainer.current_epoch, self.batch, o.param_groups[0]["updates"],
-                 ClassicMomentum.lr_at(o.param_groups[0], o.param_groups[0]["updates"]))))
+            opt.register_step_pre_hook(
+                lambda o, a, k, net=net: self.steps.append(
+                    (
+                        net,
+                        trainer.current_epoch,
+                        self.batch,
+                        o.param_groups[0]["updates"],
+                        ClassicMomentum.lr_at(o.param_groups[0], o.param_groups[0]["updates"]),
+                    )
+                )
+            )
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.batch = batch_idx
@@ -58,8 +73,16 @@ class LrRecorder(pl.Callback):
 def fit(cfg, tmp, max_epochs, ckpt_path=None, callbacks=()):
     pl.seed_everything(cfg.seed, verbose=False)  # as train.py: the same initial weights
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         accelerator="cpu", default_root_dir=tmp, num_sanity_val_steps=0, callbacks=list(callbacks))
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
+    )
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed), ckpt_path=ckpt_path)
     return module, trainer
 
@@ -84,7 +107,7 @@ def test_every_update_uses_the_decayed_lr_times_the_anneal(runs):
     for net, epoch, batch, updates, lr in steps:
         factor = min(1.0, (2 - (epoch + batch / BATCHES)) / 1)  # epoch 1 (0-based 0): 1; epoch 2: 1 -> 1/20
         assert lr == pytest.approx(LR0 / DECAY**updates * factor, rel=1e-12), (net, epoch, batch)
-    assert steps[-1][4] == pytest.approx(LR0 / DECAY**steps[-1][3] / BATCHES, rel=1e-12)
+    assert steps[-1][4] == pytest.approx(LR0 / DECAY ** steps[-1][3] / BATCHES, rel=1e-12)
 
 
 def test_resuming_with_an_anneal_ends_where_the_run_annealed_from_the_start_ends(runs):
@@ -99,8 +122,13 @@ def test_resume_applies_changed_optimizer_settings_and_says_so(data_dir, tmp_pat
     first.save_checkpoint(tmp_path / "epoch1.ckpt")
     rec = LrRecorder()
     with caplog.at_level(logging.INFO, logger="advnets.module"):
-        module, trainer = fit(compose(*base, "optimizer.d_lr=0.01", "optimizer.lr_decay=1.0001", output_dir=tmp_path),
-                              tmp_path, 2, ckpt_path=str(tmp_path / "epoch1.ckpt"), callbacks=[rec])
+        module, trainer = fit(
+            compose(*base, "optimizer.d_lr=0.01", "optimizer.lr_decay=1.0001", output_dir=tmp_path),
+            tmp_path,
+            2,
+            ckpt_path=str(tmp_path / "epoch1.ckpt"),
+            callbacks=[rec],
+        )
     d_steps = [s for s in rec.steps if s[0] == "D"]
     g_steps = [s for s in rec.steps if s[0] == "G"]
     assert d_steps[0][3] == BATCHES  # the update count goes on from the checkpoint's
@@ -109,5 +137,7 @@ def test_resume_applies_changed_optimizer_settings_and_says_so(data_dir, tmp_pat
     for _, _, _, updates, lr in g_steps:  # G keeps lr0 0.1, with the new decay
         assert lr == pytest.approx(0.1 / 1.0001**updates, rel=1e-12)
     messages = [r.getMessage() for r in caplog.records if "Resumed" in r.getMessage()]
-    assert messages == ["Resumed D optimiser with this command's settings: lr0 0.1 -> 0.01, lr_decay 1.000004 -> 1.0001",
-                        "Resumed G optimiser with this command's settings: lr_decay 1.000004 -> 1.0001"]
+    assert messages == [
+        "Resumed D optimiser with this command's settings: lr0 0.1 -> 0.01, lr_decay 1.000004 -> 1.0001",
+        "Resumed G optimiser with this command's settings: lr_decay 1.000004 -> 1.0001",
+    ]

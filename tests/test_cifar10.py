@@ -22,17 +22,47 @@ def write_cifar(root, per_batch=PER_BATCH):
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         data[0] = i  # a constant image: preprocessing must not divide by zero
         with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": list(rng.integers(0, 10, per_batch)), "data": data,
-                         "filenames": [f"{name}_{j}.png" for j in range(per_batch)]}, f)
+            pickle.dump(
+                {
+                    "batch_label": name,
+                    "labels": list(rng.integers(0, 10, per_batch)),
+                    "data": data,
+                    "filenames": [f"{name}_{j}.png" for j in range(per_batch)],
+                },
+                f,
+            )
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"], "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+        pickle.dump(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ],
+                "num_cases_per_batch": per_batch,
+                "num_vis": 3072,
+            },
+            f,
+        )
     return folder
 
 
 def cifar(root, *overrides):
-    cfg = compose(f"paths.data_dir={root}", "dataset=cifar10", "dataset.download=false",
-                  "dataset.check_md5=false", f"dataset.n_train={4 * PER_BATCH}", *overrides)
+    cfg = compose(
+        f"paths.data_dir={root}",
+        "dataset=cifar10",
+        "dataset.download=false",
+        "dataset.check_md5=false",
+        f"dataset.n_train={4 * PER_BATCH}",
+        *overrides,
+    )
     dm = build_datamodule(cfg.dataset, seed=0)
     dm.setup("fit")
     return dm

@@ -50,10 +50,20 @@ def test_every_combination_composes(model, dataset, loss):
     """Composition only: every combination is built and stepped (with small nets) below, the paper's sizes
     are counted in test_nets.py and test_paper_nets.py."""
     for optimizer, logger, trainer in itertools.product(options("optimizer"), options("logger"), ["default", "cpu"]):
-        cfg = compose(f"model={model}", f"dataset={dataset}", f"loss={loss}", f"optimizer={optimizer}",
-                      f"logger={logger}", f"trainer={trainer}")
-        assert (cfg.model.name, cfg.dataset.name, cfg.loss.generator, cfg.optimizer.name) == (model, dataset, loss,
-                                                                                               optimizer)
+        cfg = compose(
+            f"model={model}",
+            f"dataset={dataset}",
+            f"loss={loss}",
+            f"optimizer={optimizer}",
+            f"logger={logger}",
+            f"trainer={trainer}",
+        )
+        assert (cfg.model.name, cfg.dataset.name, cfg.loss.generator, cfg.optimizer.name) == (
+            model,
+            dataset,
+            loss,
+            optimizer,
+        )
 
 
 def test_experiment_configs_compose():
@@ -66,28 +76,52 @@ def test_experiment_configs_compose():
 # Small nets of each pair's structure (the paper's sizes are counted in test_nets.py and test_paper_nets.py).
 # TFD's output layer keeps its sparse init of 100 weights per unit, so its last hidden layer has 128 units.
 SMALL = {
-    ("maxout", "mnist"): ["model.generator.layers=[{units:16,activation:relu,irange:0.05},"
-                          "{units:16,activation:relu,irange:0.05}]"],
-    ("maxout", "tfd"): ["model.generator.layers=[{units:16,activation:relu,irange:0.05},"
-                        "{units:128,activation:sigmoid,irange:0.05,bias:-2.0}]"],
-    ("maxout", "cifar10"): ["model.generator.layers=[{units:16,activation:relu,irange:0.05},"
-                            "{units:16,activation:sigmoid,irange:0.05}]"],
+    ("maxout", "mnist"): [
+        "model.generator.layers=[{units:16,activation:relu,irange:0.05},{units:16,activation:relu,irange:0.05}]"
+    ],
+    ("maxout", "tfd"): [
+        "model.generator.layers=[{units:16,activation:relu,irange:0.05},"
+        "{units:128,activation:sigmoid,irange:0.05,bias:-2.0}]"
+    ],
+    ("maxout", "cifar10"): [
+        "model.generator.layers=[{units:16,activation:relu,irange:0.05},{units:16,activation:sigmoid,irange:0.05}]"
+    ],
     ("maxout", "line"): [],  # the 1-D nets are small already
-    ("conv", "cifar10"): ["model.generator.layers=[{units:16,activation:relu,irange:0.05},"
-                          "{units:400,activation:sigmoid,irange:0.05}]", "model.generator.deconv.channels=4",
-                          "model.discriminator.conv_layers=[{channels:4,pieces:2,kernel:8,pad:4,pool:4,pool_stride:2,"
-                          "irange:0.005},{channels:4,pieces:2,kernel:8,pad:3,pool:4,pool_stride:2,irange:0.005}]"],
+    ("conv", "cifar10"): [
+        "model.generator.layers=[{units:16,activation:relu,irange:0.05},{units:400,activation:sigmoid,irange:0.05}]",
+        "model.generator.deconv.channels=4",
+        "model.discriminator.conv_layers=[{channels:4,pieces:2,kernel:8,pad:4,pool:4,pool_stride:2,"
+        "irange:0.005},{channels:4,pieces:2,kernel:8,pad:3,pool:4,pool_stride:2,irange:0.005}]",
+    ],
 }
 SMALL_D = ["model.discriminator.layers=[{units:8,pieces:5,irange:0.005},{units:8,pieces:5,irange:0.005}]"]
-PAPER_LR = {("maxout", "mnist"): 0.1, ("maxout", "tfd"): 0.05, ("maxout", "cifar10"): 0.025, ("conv", "cifar10"): 0.004,
-            ("maxout", "line"): 0.1}
+PAPER_LR = {
+    ("maxout", "mnist"): 0.1,
+    ("maxout", "tfd"): 0.05,
+    ("maxout", "cifar10"): 0.025,
+    ("conv", "cifar10"): 0.004,
+    ("maxout", "line"): 0.1,
+}
 # Eight steps: every (optimiser, schedule, loss) triple once, and every pair with both optimisers, both
 # schedules, both losses and both loggers that write no W&B run (W&B's are built below, without a fit).
-STEPPED = [(model, dataset, ["adam", "momentum"][o], ["alternating", "simultaneous"][(o + p // 2) % 2],
-            options("loss")[(o + p) % 2], ["csv", "none"][o])
-           for p, (model, dataset) in enumerate(sorted(SMALL)) for o in (0, 1)]
-DATA = {"mnist": [], "tfd": [], "line": ["dataset.batches_per_epoch=1"],
-        "cifar10": ["dataset.download=false", "dataset.check_md5=false", f"dataset.n_train={4 * PER_BATCH}"]}
+STEPPED = [
+    (
+        model,
+        dataset,
+        ["adam", "momentum"][o],
+        ["alternating", "simultaneous"][(o + p // 2) % 2],
+        options("loss")[(o + p) % 2],
+        ["csv", "none"][o],
+    )
+    for p, (model, dataset) in enumerate(sorted(SMALL))
+    for o in (0, 1)
+]
+DATA = {
+    "mnist": [],
+    "tfd": [],
+    "line": ["dataset.batches_per_epoch=1"],
+    "cifar10": ["dataset.download=false", "dataset.check_md5=false", f"dataset.n_train={4 * PER_BATCH}"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -110,28 +144,49 @@ def test_options_to_step_cover_every_option():
     """The steps below cover every model x dataset pair, optimiser, schedule and loss of conf/."""
     assert sorted(SMALL) == sorted(paper_pairs())
     triples = [step[2:5] for step in STEPPED]
-    assert set(triples) == set(itertools.product(options("optimizer"), ["alternating", "simultaneous"],
-                                                       options("loss")))
+    assert set(triples) == set(
+        itertools.product(options("optimizer"), ["alternating", "simultaneous"], options("loss"))
+    )
     for pair in SMALL:
         steps = [step for step in STEPPED if step[:2] == pair]
-        for i, values in ((2, options("optimizer")), (3, ["alternating", "simultaneous"]), (4, options("loss")),
-                          (5, ["csv", "none"])):
+        for i, values in (
+            (2, options("optimizer")),
+            (3, ["alternating", "simultaneous"]),
+            (4, options("loss")),
+            (5, ["csv", "none"]),
+        ):
             assert sorted(step[i] for step in steps) == sorted(values)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,dataset,optimizer,schedule,loss,logger", STEPPED)
-def test_every_option_builds_and_takes_a_training_step(data_root, splits, tmp_path, model, dataset, optimizer,
-                                                       schedule, loss, logger):
+def test_every_option_builds_and_takes_a_training_step(
+    data_root, splits, tmp_path, model, dataset, optimizer, schedule, loss, logger
+):
     """The module, data module, loggers (CSV, or none) and Trainer built from the composed config; one batch of
     real training: one D and one G update, each optimiser the configured one with its settings (lr0 of the
     pair's paper config, or Adam's 2e-4 and betas (0.5, 0.999)), both nets changed and finite."""
     from advnets.loggers import build_loggers
 
-    cfg = compose(f"paths.data_dir={data_root}", f"model={model}", f"dataset={dataset}", f"optimizer={optimizer}",
-                  f"loss={loss}", f"schedule={schedule}", f"logger={logger}", "trainer=cpu", *SMALL[model, dataset],
-                  *SMALL_D, *DATA[dataset], "dataset.batch_size=8", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                  "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", output_dir=tmp_path)
+    cfg = compose(
+        f"paths.data_dir={data_root}",
+        f"model={model}",
+        f"dataset={dataset}",
+        f"optimizer={optimizer}",
+        f"loss={loss}",
+        f"schedule={schedule}",
+        f"logger={logger}",
+        "trainer=cpu",
+        *SMALL[model, dataset],
+        *SMALL_D,
+        *DATA[dataset],
+        "dataset.batch_size=8",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=0",
+        "trainer.enable_progress_bar=false",
+        output_dir=tmp_path,
+    )
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
     if dataset != "line":  # the line draws its batches fresh: no splits
@@ -145,8 +200,9 @@ def test_every_option_builds_and_takes_a_training_step(data_root, splits, tmp_pa
         def on_train_start(self, trainer, module):
             before.update({n: p.detach().clone() for n, p in module.named_parameters()})
 
-    trainer = pl.Trainer(**cfg.trainer, logger=build_loggers(cfg) or False, enable_checkpointing=False,
-                         callbacks=[Before()])
+    trainer = pl.Trainer(
+        **cfg.trainer, logger=build_loggers(cfg) or False, enable_checkpointing=False, callbacks=[Before()]
+    )
     trainer.fit(module, datamodule=datamodule)
 
     assert (module.d_updates, module.g_updates) == (1, 1)
@@ -199,8 +255,10 @@ def test_trainer_builds_from_every_option(tmp_path, trainer_option):
 
     from advnets.loggers import build_loggers
 
-    if OmegaConf.load(REPO / "conf" / "trainer" / f"{trainer_option}.yaml").get("accelerator") == "gpu" \
-            and not torch.cuda.is_available():
+    if (
+        OmegaConf.load(REPO / "conf" / "trainer" / f"{trainer_option}.yaml").get("accelerator") == "gpu"
+        and not torch.cuda.is_available()
+    ):
         pytest.skip("needs a GPU")
     cfg = compose(f"trainer={trainer_option}", output_dir=tmp_path)
     loggers = build_loggers(cfg)

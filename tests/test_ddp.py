@@ -22,15 +22,21 @@ from conftest import REPO, compose, run_script, tiny_run
 BATCHES, K = 20, 2
 # Small nets (the DDP machinery does not depend on their size), and a D whose initial weights are large enough
 # that G's first step is far above float32 rounding (at the paper's 0.005 it moves G's weights by ~1e-8).
-NETS = ["model.generator.layers=[{units:64,activation:relu,irange:0.05}]",
-        "model.discriminator.layers=[{units:32,pieces:5,irange:0.1}]", "model.discriminator.output_irange=0.5"]
+NETS = [
+    "model.generator.layers=[{units:64,activation:relu,irange:0.05}]",
+    "model.discriminator.layers=[{units:32,pieces:5,irange:0.1}]",
+    "model.discriminator.output_irange=0.5",
+]
 # Every random stream on: G's noise, dropout (the paper's, on by default) and instance noise.
 INSTANCE_NOISE = 0.1
 
 
 def nets(module) -> dict:
-    return {n: p.detach().clone() for net in ("generator", "discriminator")
-            for n, p in getattr(module, net).named_parameters(prefix=net)}
+    return {
+        n: p.detach().clone()
+        for net in ("generator", "discriminator")
+        for n, p in getattr(module, net).named_parameters(prefix=net)
+    }
 
 
 class RankProbe(pl.Callback):
@@ -84,8 +90,13 @@ class RankProbe(pl.Callback):
         self.step = None
 
     def on_train_end(self, trainer, module) -> None:
-        self.record.update({"world_size": trainer.world_size, "counters": (module.d_updates, module.g_updates),
-                            "final": {n: p.detach().clone() for n, p in module.named_parameters()}})
+        self.record.update(
+            {
+                "world_size": trainer.world_size,
+                "counters": (module.d_updates, module.g_updates),
+                "final": {n: p.detach().clone() for n, p in module.named_parameters()},
+            }
+        )
 
     def on_test_end(self, trainer, module) -> None:
         parzen, quality = module.evaluation.last_parzen["raw"], module.evaluation.last_quality["raw"]
@@ -99,9 +110,17 @@ def ddp_run(data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     run_dir = tmp / "run"
     probe = f"callbacks.extra=[{{_target_:test_ddp.RankProbe,folder:'{tmp}'}}]"
-    proc = run_script("train.py", "trainer=ddp_cpu", f"k={K}", *tiny_run(data_dir, BATCHES), *NETS, probe,
-                      f"stabilisers.instance_noise_std={INSTANCE_NOISE}",
-                      f"hydra.run.dir={run_dir}", env={"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"})
+    proc = run_script(
+        "train.py",
+        "trainer=ddp_cpu",
+        f"k={K}",
+        *tiny_run(data_dir, BATCHES),
+        *NETS,
+        probe,
+        f"stabilisers.instance_noise_std={INSTANCE_NOISE}",
+        f"hydra.run.dir={run_dir}",
+        env={"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     return run_dir, ranks
@@ -177,7 +196,9 @@ def test_each_step_is_the_mean_of_the_ranks_gradients(ddp_run):
         loss = module._discriminator_loss(rank["batches"][0], fake)[2]
         return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(module.discriminator.parameters()))])
 
-    def g_loss(rank) -> torch.Tensor:  # G's non-saturating loss of its first step (batch 2), at D after batch 2's D step
+    def g_loss(
+        rank,
+    ) -> torch.Tensor:  # G's non-saturating loss of its first step (batch 2), at D after batch 2's D step
         _, z, rng = rank["noise"][2]
         torch.set_rng_state(rng)
         added = [eps for step, eps in rank["instance_noise"] if step == 1][2]  # after the D step's two
@@ -186,8 +207,10 @@ def test_each_step_is_the_mean_of_the_ranks_gradients(ddp_run):
 
     d_grads = gradients(before, d_loss)
     g_grads = gradients({**before, **{n: p for n, p in after.items() if n.startswith("discriminator")}}, g_loss)
-    for prefix, grads, change in (("discriminator", d_grads, flat(between, "discriminator") - flat(before, "discriminator")),
-                                  ("generator", g_grads, flat(after, "generator") - flat(before, "generator"))):
+    for prefix, grads, change in (
+        ("discriminator", d_grads, flat(between, "discriminator") - flat(before, "discriminator")),
+        ("generator", g_grads, flat(after, "generator") - flat(before, "generator")),
+    ):
         mean = (grads[0] + grads[1]) / 2
         assert close(change, -lr0 * mean), (prefix, (change + lr0 * mean).abs().max() / (lr0 * mean).abs().max())
         for wrong in (-lr0 * 2 * mean, -lr0 * grads[0], -lr0 * grads[1]):
@@ -204,9 +227,11 @@ def test_every_random_stream_differs_between_ranks_and_follows_its_seed(ddp_run)
     _, ranks = ddp_run
     for rank_index, rank in enumerate(ranks):
         for batch_idx, batch in enumerate(rank["batches"]):
-            got = {"z": [z for step, z, _ in rank["noise"] if step == batch_idx],
-                   "instance_noise": [eps for step, eps in rank["instance_noise"] if step == batch_idx],
-                   "mask": rank["masks"][batch_idx]}
+            got = {
+                "z": [z for step, z, _ in rank["noise"] if step == batch_idx],
+                "instance_noise": [eps for step, eps in rank["instance_noise"] if step == batch_idx],
+                "mask": rank["masks"][batch_idx],
+            }
             expected = expected_draws(0, rank_index, 1, batch_idx, tuple(batch.shape), 100, INSTANCE_NOISE, 0.2)
             assert_draws(got, expected, (rank_index, batch_idx), g_step=batch_idx == K - 1)
     for step in (0, 1):
@@ -214,8 +239,9 @@ def test_every_random_stream_differs_between_ranks_and_follows_its_seed(ddp_run)
         assert len(noise[0]) == len(noise[1]) == (2 if step == 0 else 3)
         for a, b in zip(*noise):
             assert a.std() > 0.09 and torch.cdist(a.flatten(1), b.flatten(1)).min() > 0
-        assert ranks[0]["masks"][step].shape == (100, 784) and not torch.equal(ranks[0]["masks"][step],
-                                                                               ranks[1]["masks"][step])
+        assert ranks[0]["masks"][step].shape == (100, 784) and not torch.equal(
+            ranks[0]["masks"][step], ranks[1]["masks"][step]
+        )
 
 
 @pytest.mark.slow
@@ -245,7 +271,9 @@ def test_only_rank_zero_writes(ddp_run):
     run_dir, _ = ddp_run
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        f"epoch0000-step{BATCHES + BATCHES // K}.ckpt", "last.ckpt"]
+        f"epoch0000-step{BATCHES + BATCHES // K}.ckpt",
+        "last.ckpt",
+    ]
     assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["epoch_0001.png"]
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:

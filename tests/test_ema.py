@@ -16,10 +16,16 @@ from advnets.module import GAN
 from conftest import compose
 
 BATCH = 2500  # 20 batches an epoch
-SMALL = ["model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
-         "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]", "stabilisers.r1_gamma=null",
-         "model.discriminator.input_dropout=0", "model.discriminator.hidden_dropout=0",
-         "quality.features=null", "parzen.val_samples=50", "trainer.limit_val_batches=1"]
+SMALL = [
+    "model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
+    "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]",
+    "stabilisers.r1_gamma=null",
+    "model.discriminator.input_dropout=0",
+    "model.discriminator.hidden_dropout=0",
+    "quality.features=null",
+    "parzen.val_samples=50",
+    "trainer.limit_val_batches=1",
+]
 
 
 def test_ema_beta_closed_forms():
@@ -52,29 +58,51 @@ class EMARecorder(pl.Callback):
     """G after each of its updates, the EMA after each D and G update, and both when training starts."""
 
     def on_train_start(self, trainer, module):
-        self.start = ([p.detach().clone() for p in module.generator.parameters()],
-                      [p.detach().clone() for p in module.generator_ema.generator.parameters()])
+        self.start = (
+            [p.detach().clone() for p in module.generator.parameters()],
+            [p.detach().clone() for p in module.generator_ema.generator.parameters()],
+        )
         self.g_after, self.ema_after_d = [], []
         d_opt, g_opt = trainer.optimizers
-        g_opt.register_step_post_hook(lambda *a: self.g_after.append(
-            [p.detach().double().clone() for p in module.generator.parameters()]))
-        d_opt.register_step_post_hook(lambda *a: self.ema_after_d.append(
-            (len(self.g_after), [p.detach().clone() for p in module.generator_ema.generator.parameters()])))
+        g_opt.register_step_post_hook(
+            lambda *a: self.g_after.append([p.detach().double().clone() for p in module.generator.parameters()])
+        )
+        d_opt.register_step_post_hook(
+            lambda *a: self.ema_after_d.append(
+                (len(self.g_after), [p.detach().clone() for p in module.generator_ema.generator.parameters()])
+            )
+        )
 
 
 @pytest.mark.parametrize("schedule, k", [("alternating", 2), ("simultaneous", 1)])
 def test_ema_in_a_real_fit_starts_at_g_and_follows_g_updates_only(data_dir, tmp_path, schedule, k):
     decay, rampup = 0.9, 0.2
-    cfg = compose(f"paths.data_dir={data_dir}", "logger=none", f"schedule={schedule}", f"k={k}",
-                  f"dataset.batch_size={BATCH}", f"model.ema_decay={decay}", f"model.ema_rampup={rampup}", *SMALL,
-                  output_dir=tmp_path)
+    cfg = compose(
+        f"paths.data_dir={data_dir}",
+        "logger=none",
+        f"schedule={schedule}",
+        f"k={k}",
+        f"dataset.batch_size={BATCH}",
+        f"model.ema_decay={decay}",
+        f"model.ema_rampup={rampup}",
+        *SMALL,
+        output_dir=tmp_path,
+    )
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     with torch.no_grad():  # an average that did not start from G would show
         for p in module.generator_ema.generator.parameters():
             p.add_(1.0)
     rec = EMARecorder()
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         accelerator="cpu", default_root_dir=tmp_path, num_sanity_val_steps=0, callbacks=[rec])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        callbacks=[rec],
+    )
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
 
     g_start, ema_start = rec.start

@@ -68,8 +68,15 @@ def checkpoint(path, shape, *overrides: str):
     torch.manual_seed(0)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     x = torch.rand(8, *shape, generator=torch.Generator().manual_seed(1))
-    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, accelerator="cpu", default_root_dir=path.parent)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=path.parent,
+    )
     trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(8, 8, seed=0, shuffle=False)))
     with torch.no_grad():
         for p in module.generator.parameters():
@@ -102,11 +109,21 @@ def test_mnist_parzen_json_is_the_protocol_on_the_split_rows(data_dir, tmp_path)
     torch.Generator().manual_seed(eval's seed); the top-level numbers are G's, the `ema` block the EMA's."""
     from torchvision.datasets import MNIST
 
-    ckpt = checkpoint(tmp_path / "mnist.ckpt", (1, 28, 28), f"paths.data_dir={data_dir}", "model.ema_decay=0.5",
-                      "model.generator.layers=[{units:32,activation:relu,irange:0.05}]",
-                      "model.discriminator.layers=[{units:8,pieces:2,irange:0.005}]")
-    report, calls = evaluate(f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}", f"n_samples={N_SAMPLES}", "seed=3",
-                             output_dir=tmp_path / "eval")
+    ckpt = checkpoint(
+        tmp_path / "mnist.ckpt",
+        (1, 28, 28),
+        f"paths.data_dir={data_dir}",
+        "model.ema_decay=0.5",
+        "model.generator.layers=[{units:32,activation:relu,irange:0.05}]",
+        "model.discriminator.layers=[{units:8,pieces:2,irange:0.005}]",
+    )
+    report, calls = evaluate(
+        f"ckpt_path={ckpt}",
+        f"paths.data_dir={data_dir}",
+        f"n_samples={N_SAMPLES}",
+        "seed=3",
+        output_dir=tmp_path / "eval",
+    )
     z = (torch.rand(N_SAMPLES, 100, generator=torch.Generator().manual_seed(3)) * 2 - 1) * math.sqrt(3)
     select = MNIST(data_dir, train=True).data[50000:51000].float().unsqueeze(1) / 255
     test = MNIST(data_dir, train=False).data.float().unsqueeze(1) / 255
@@ -129,12 +146,19 @@ def test_tfd_parzen_json_is_the_protocol_on_every_fold(tmp_path):
     folds[:, f] == 3 (test), the same centres G(z), z ~ N(0, I)^100, in every fold; the reported figure is
     the mean over folds and its standard error across folds (std, ddof 0, / sqrt 5). No EMA: no `ema` block."""
     mat = write_tfd(tmp_path / "TFD" / "TFD_48x48.mat")
-    ckpt = checkpoint(tmp_path / "tfd.ckpt", (1, 48, 48), f"paths.data_dir={tmp_path}", "dataset=tfd",
-                      "model=maxout", "model.ema_decay=null",
-                      "model.generator.layers=[{units:128,activation:relu,irange:0.05}]",
-                      "model.discriminator.layers=[{units:8,pieces:2,irange:0.005}]")
-    report, calls = evaluate(f"ckpt_path={ckpt}", f"paths.data_dir={tmp_path}", f"n_samples={N_SAMPLES}",
-                             output_dir=tmp_path / "eval")
+    ckpt = checkpoint(
+        tmp_path / "tfd.ckpt",
+        (1, 48, 48),
+        f"paths.data_dir={tmp_path}",
+        "dataset=tfd",
+        "model=maxout",
+        "model.ema_decay=null",
+        "model.generator.layers=[{units:128,activation:relu,irange:0.05}]",
+        "model.discriminator.layers=[{units:8,pieces:2,irange:0.005}]",
+    )
+    report, calls = evaluate(
+        f"ckpt_path={ckpt}", f"paths.data_dir={tmp_path}", f"n_samples={N_SAMPLES}", output_dir=tmp_path / "eval"
+    )
     g = centres(ckpt, torch.randn(N_SAMPLES, 100, generator=torch.Generator().manual_seed(0)))
     assert set(g) == {"raw"} and "ema" not in report
     images = torch.from_numpy(mat["images"].astype(np.float32)).unsqueeze(1) / 255

@@ -24,23 +24,38 @@ EXPECTED = {  # experiment: (dataset, model, lr0, batch, max epochs, max col nor
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_experiment_settings(name):
     cfg = compose(f"experiment={name}")
-    got = (cfg.dataset.name, cfg.model.name, cfg.optimizer.lr, cfg.dataset.batch_size, cfg.trainer.max_epochs,
-           cfg.model.max_col_norm)
+    got = (
+        cfg.dataset.name,
+        cfg.model.name,
+        cfg.optimizer.lr,
+        cfg.dataset.batch_size,
+        cfg.trainer.max_epochs,
+        cfg.model.max_col_norm,
+    )
     assert got == EXPECTED[name]
     assert cfg.schedule == "simultaneous" and cfg.loss.d_scale == 0.5 and cfg.loss.generator == "nonsaturating"
     assert cfg.model.noise == ("uniform" if name == "mnist" else "normal")
 
 
 SMALL_1 = "model.generator.layers=[{units:64,activation:relu,irange:0.05},{units:128,activation:sigmoid,irange:0.05,bias:-2.0}]"
-SMALL_2 = ("model.generator.layers=[{units:32,activation:relu,irange:0.05},{units:100,activation:sigmoid,irange:0.05,"
-           "bias:-2.0},{units:64,activation:relu,irange:0.05},{units:128,activation:sigmoid,irange:0.05,bias:-2.0}]")
+SMALL_2 = (
+    "model.generator.layers=[{units:32,activation:relu,irange:0.05},{units:100,activation:sigmoid,irange:0.05,"
+    "bias:-2.0},{units:64,activation:relu,irange:0.05},{units:128,activation:sigmoid,irange:0.05,bias:-2.0}]"
+)
 
 
 def fit(cfg, tmp_path, steps, callbacks=()):
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path,
-                         callbacks=list(callbacks))
+    trainer = pl.Trainer(
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
     return module, trainer
 
@@ -62,8 +77,13 @@ def test_stage_2_loads_stage_1_generator(tmp_path):
             self.checked = True
 
     check = KeepsStage1()
-    cfg = compose("experiment=tfd_stage2", SMALL_2, f"model.generator.init_from={tmp_path / 'stage1.ckpt'}", *common,
-                  output_dir=tmp_path / "s2")
+    cfg = compose(
+        "experiment=tfd_stage2",
+        SMALL_2,
+        f"model.generator.init_from={tmp_path / 'stage1.ckpt'}",
+        *common,
+        output_dir=tmp_path / "s2",
+    )
     stage2, trainer2 = fit(cfg, tmp_path / "s2", 2, [check])
     assert check.checked and stage2.d_updates == 1  # a fresh D, trained from scratch
     assert not torch.equal(stage2.discriminator.net[1].linear.weight, stage1.discriminator.net[1].linear.weight)
@@ -87,9 +107,15 @@ def fit_epochs(cfg, root, epochs, ckpt_path=None):
 
     torch.manual_seed(0)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(max_epochs=epochs, limit_val_batches=0, logger=False, enable_progress_bar=False,
-                         accelerator="cpu", default_root_dir=root,
-                         callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)])
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)],
+    )
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed), ckpt_path=ckpt_path)
     return module, trainer
 
@@ -99,8 +125,12 @@ def test_tfd_stage_2_resumes_exactly_without_the_stage_1_file(tmp_path):
     """A stage-2 run resumed from its epoch-1 checkpoint, after the stage-1 checkpoint it was started from is
     deleted, ends with the weights, optimiser state and counters of an uninterrupted 2-epoch stage-2 run."""
     write_tfd(tmp_path / "TFD" / "TFD_48x48.mat")
-    common = (f"paths.data_dir={tmp_path}", "logger=none", "dataset.batch_size=20",
-              "model.discriminator.layers=[{units:8,pieces:5,irange:0.005}]")
+    common = (
+        f"paths.data_dir={tmp_path}",
+        "logger=none",
+        "dataset.batch_size=20",
+        "model.discriminator.layers=[{units:8,pieces:5,irange:0.005}]",
+    )
     _, stage1 = fit_epochs(compose("experiment=tfd_stage1", SMALL_1, *common), tmp_path / "s1", 1)
     stage1.save_checkpoint(tmp_path / "stage1.ckpt")
     cfg = compose("experiment=tfd_stage2", SMALL_2, f"model.generator.init_from={tmp_path / 'stage1.ckpt'}", *common)
@@ -111,8 +141,10 @@ def test_tfd_stage_2_resumes_exactly_without_the_stage_1_file(tmp_path):
     assert (resumed.d_updates, resumed.g_updates) == (straight.d_updates, straight.g_updates) == (12, 12)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
-    a, b = (torch.load(p / "checkpoints" / "last.ckpt", weights_only=True) for p in (tmp_path / "straight",
-                                                                                      tmp_path / "resumed"))
+    a, b = (
+        torch.load(p / "checkpoints" / "last.ckpt", weights_only=True)
+        for p in (tmp_path / "straight", tmp_path / "resumed")
+    )
     for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
         assert sa["param_groups"] == sb["param_groups"]
         for i, state in sa["state"].items():

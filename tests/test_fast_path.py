@@ -32,11 +32,18 @@ from advnets.module import GAN
 from conftest import compose
 
 GAMMA = 1.0
-SMALL = ["logger=none", "model.noise_dim=10", "model.generator.layers=[{units:32,activation:relu,irange:0.5}]",
-         "model.generator.output.irange=0.5",
-         "model.discriminator.layers=[{units:16,pieces:3,irange:0.1},{units:16,pieces:3,irange:0.2}]",
-         "model.discriminator.output_irange=0.5", "model.ema_decay=0.5", "model.ema_rampup=null",
-         f"stabilisers.r1_gamma={GAMMA}", "k=1"]
+SMALL = [
+    "logger=none",
+    "model.noise_dim=10",
+    "model.generator.layers=[{units:32,activation:relu,irange:0.5}]",
+    "model.generator.output.irange=0.5",
+    "model.discriminator.layers=[{units:16,pieces:3,irange:0.1},{units:16,pieces:3,irange:0.2}]",
+    "model.discriminator.output_irange=0.5",
+    "model.ema_decay=0.5",
+    "model.ema_rampup=null",
+    f"stabilisers.r1_gamma={GAMMA}",
+    "k=1",
+]
 NO_DROPOUT = ["model.discriminator.input_dropout=0", "model.discriminator.hidden_dropout=0"]
 D_TOL, G_TOL = 0.1, 0.15
 BATCH, STEPS = 8, 2
@@ -56,9 +63,18 @@ class StepRecorder(pl.Callback):
     def on_train_start(self, trainer, module):
         nets = {"D": module.discriminator, "G": module.generator}
         for name, opt in zip("DG", trainer.optimizers):
-            opt.register_step_pre_hook(lambda o, a, k, name=name: self.events.append((name, {
-                "G": weights(module.generator), "D": weights(module.discriminator),
-                "grad": torch.cat([p.grad.flatten() for p in nets[name].parameters()])})))
+            opt.register_step_pre_hook(
+                lambda o, a, k, name=name: self.events.append(
+                    (
+                        name,
+                        {
+                            "G": weights(module.generator),
+                            "D": weights(module.discriminator),
+                            "grad": torch.cat([p.grad.flatten() for p in nets[name].parameters()]),
+                        },
+                    )
+                )
+            )
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.events.append(("batch", batch.clone()))
@@ -83,9 +99,17 @@ def fit(tmp_path, schedule: str, precision_: str, *extra: str, dropout=None):
 
     module.noise = noise
     x = torch.rand(BATCH * STEPS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path,
-                         precision=precision_, callbacks=[recorder])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        precision=precision_,
+        callbacks=[recorder],
+    )
     real_dropout = precision.dropout
     if dropout is not None:
         precision.dropout = dropout
@@ -153,14 +177,21 @@ def step_gradients(module, recorder: StepRecorder, schedule: str):
     for i, (name, state) in enumerate(events):
         if name == "D":
             x, z = last_before(events, "batch", i), last_before(events, "noise", i)
-            rows.append(("D", state["grad"], d_gradient(module, state["G"], state["D"], x, z),
-                         d_gradient(module, state["G"], state["D"], x, z, r1=False)))
+            rows.append(
+                (
+                    "D",
+                    state["grad"],
+                    d_gradient(module, state["G"], state["D"], x, z),
+                    d_gradient(module, state["G"], state["D"], x, z, r1=False),
+                )
+            )
         elif name == "G":
             z = last_before(events, "noise", i)
             d_before = last_before(events, "D", i)["D"]  # D as it was at D's step, before it
             right, wrong = (state["D"], d_before) if schedule == "alternating" else (d_before, state["D"])
-            rows.append(("G", state["grad"], g_gradient(module, state["G"], right, z),
-                         g_gradient(module, state["G"], wrong, z)))
+            rows.append(
+                ("G", state["grad"], g_gradient(module, state["G"], right, z), g_gradient(module, state["G"], wrong, z))
+            )
     assert [r[0] for r in rows] == ["D", "G"] * STEPS
     return rows
 
@@ -295,10 +326,21 @@ def fit_epochs(root, epochs: int, ckpt_path=None):
     torch.manual_seed(0)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     x = torch.rand(BATCH * STEPS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    trainer = pl.Trainer(max_epochs=epochs, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, accelerator="cpu", default_root_dir=root, precision="bf16-mixed")
-    trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(len(x), BATCH, seed=0, shuffle=True)),
-                ckpt_path=ckpt_path)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=root,
+        precision="bf16-mixed",
+    )
+    trainer.fit(
+        module,
+        train_dataloaders=TensorBatches(x, EpochBatchSampler(len(x), BATCH, seed=0, shuffle=True)),
+        ckpt_path=ckpt_path,
+    )
     return trainer
 
 
@@ -312,8 +354,9 @@ def test_fast_path_resumes_bit_for_bit(tmp_path):
     resumed = fit_epochs(tmp_path / "resumed", 2, ckpt_path=tmp_path / "epoch1.ckpt")
     a, b = straight.lightning_module, resumed.lightning_module
     assert a.fast_path and b.fast_path and (b.d_updates, b.g_updates) == (a.d_updates, a.g_updates) == (4, 4)
-    assert not torch.equal(first.lightning_module.generator_ema.generator.net[0].weight,
-                           a.generator_ema.generator.net[0].weight)  # the second epoch moved the EMA
+    assert not torch.equal(
+        first.lightning_module.generator_ema.generator.net[0].weight, a.generator_ema.generator.net[0].weight
+    )  # the second epoch moved the EMA
     state_a, state_b = a.state_dict(), b.state_dict()
     assert state_a.keys() == state_b.keys()
     for key, value in state_a.items():

@@ -16,7 +16,9 @@ def test_losses_match_formulas_on_known_logits():
     log_1m_d_fake = sum(math.log(1 - sig(v)) for v in fake.tolist()) / 3
     log_d_fake = sum(math.log(sig(v)) for v in fake.tolist()) / 3
     assert math.isclose(discriminator_loss(real, fake, scale=1.0).item(), -(log_d_real + log_1m_d_fake), rel_tol=1e-12)
-    assert math.isclose(discriminator_loss(real, fake, scale=0.5).item(), -0.5 * (log_d_real + log_1m_d_fake), rel_tol=1e-12)
+    assert math.isclose(
+        discriminator_loss(real, fake, scale=0.5).item(), -0.5 * (log_d_real + log_1m_d_fake), rel_tol=1e-12
+    )
     assert math.isclose(generator_loss(fake, "minimax").item(), log_1m_d_fake, rel_tol=1e-12)
     assert math.isclose(generator_loss(fake, "nonsaturating").item(), -log_d_fake, rel_tol=1e-12)
 

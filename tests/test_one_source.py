@@ -28,9 +28,16 @@ def test_every_option_in_conf_has_its_builder_and_every_builder_its_option():
     assert set(NOISES) == {yaml.safe_load(p.read_text())["model"]["noise"] for p in (REPO / "conf" / "paper").glob("*")}
 
 
-@pytest.mark.parametrize("key, registry", [("model.name", NETS), ("model.noise", NOISES),
-                                           ("loss.generator", GENERATOR_LOSSES), ("optimizer.name", OPTIMIZERS),
-                                           ("dataset.evaluation", EVALUATIONS)])
+@pytest.mark.parametrize(
+    "key, registry",
+    [
+        ("model.name", NETS),
+        ("model.noise", NOISES),
+        ("loss.generator", GENERATOR_LOSSES),
+        ("optimizer.name", OPTIMIZERS),
+        ("dataset.evaluation", EVALUATIONS),
+    ],
+)
 def test_an_unknown_choice_is_refused_with_the_registrys_choices(key, registry):
     with pytest.raises(UserError) as e:
         check_config(compose(f"{key}=nope"))
@@ -45,12 +52,15 @@ def test_an_unknown_model_name_builds_no_net():
     assert isinstance(build_generator(model, (1, 28, 28)), torch.nn.Module)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("stabilisers.r1_gamma=0", "stabilisers.r1_gamma must be > 0 (null: off), got 0"),
-    ("stabilisers.instance_noise_std=-1", "stabilisers.instance_noise_std must be > 0 (null: off), got -1"),
-    ("dataset.eval_batch_size=0", "dataset.eval_batch_size must be >= 1, got 0"),
-    ("optimizer.g_lr=0", "optimizer.g_lr must be > 0, got 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stabilisers.r1_gamma=0", "stabilisers.r1_gamma must be > 0 (null: off), got 0"),
+        ("stabilisers.instance_noise_std=-1", "stabilisers.instance_noise_std must be > 0 (null: off), got -1"),
+        ("dataset.eval_batch_size=0", "dataset.eval_batch_size must be >= 1, got 0"),
+        ("optimizer.g_lr=0", "optimizer.g_lr must be > 0, got 0"),
+    ],
+)
 def test_each_range_is_refused_by_the_config_check(override, message):
     with pytest.raises(UserError) as e:
         check_config(compose(override))

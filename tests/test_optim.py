@@ -50,11 +50,20 @@ def test_differs_from_torch_sgd_once_lr_changes():
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("epoch,mu", [(1, 0.5), (2, 0.5 + 0.2 / 249), (125, 0.5 + 0.2 * 124 / 249), (250, 0.7), (400, 0.7)])
+@pytest.mark.parametrize(
+    "epoch,mu", [(1, 0.5), (2, 0.5 + 0.2 / 249), (125, 0.5 + 0.2 * 124 / 249), (250, 0.7), (400, 0.7)]
+)
 def test_momentum_ramp(epoch, mu):
     assert math.isclose(momentum_at(epoch, 0.5, 0.7, 250), mu, rel_tol=1e-12)
-    cfg = {"name": "momentum", "lr": 0.1, "lr_decay": 1.000004, "min_lr": 1e-6,
-           "momentum_start": 0.5, "momentum_end": 0.7, "momentum_saturate_epoch": 250}
+    cfg = {
+        "name": "momentum",
+        "lr": 0.1,
+        "lr_decay": 1.000004,
+        "min_lr": 1e-6,
+        "momentum_start": 0.5,
+        "momentum_end": 0.7,
+        "momentum_saturate_epoch": 250,
+    }
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
     start_epoch(opt, cfg, epoch)
     assert math.isclose(opt.param_groups[0]["momentum"], mu, rel_tol=1e-12)

@@ -26,12 +26,21 @@ def conv(c_in, c_out, k):
 
 G_FC = linear(100, 8000) + linear(8000, 8000)
 PAIRS = {  # (model, dataset): (data shape, G parameters, D parameters), from the paper's layer sizes
-    ("maxout", "tfd"): ((1, 48, 48), G_FC + linear(8000, 2304), linear(2304, 6000) + linear(1200, 6000) + linear(1200, 1)),
-    ("maxout", "cifar10"): ((3, 32, 32), G_FC + linear(8000, 3072),
-                            linear(3072, 8000) + linear(1600, 8000) + linear(1600, 1)),
-    ("conv", "cifar10"): ((3, 32, 32), G_FC + 80 * 3 * 5 * 5 + 3 * 32 * 32,
-                          conv(3, 64, 8) + conv(32, 64, 8) + conv(32, 384, 5) + linear(192 * 5 * 5, 2500)
-                          + linear(500, 1)),
+    ("maxout", "tfd"): (
+        (1, 48, 48),
+        G_FC + linear(8000, 2304),
+        linear(2304, 6000) + linear(1200, 6000) + linear(1200, 1),
+    ),
+    ("maxout", "cifar10"): (
+        (3, 32, 32),
+        G_FC + linear(8000, 3072),
+        linear(3072, 8000) + linear(1600, 8000) + linear(1600, 1),
+    ),
+    ("conv", "cifar10"): (
+        (3, 32, 32),
+        G_FC + 80 * 3 * 5 * 5 + 3 * 32 * 32,
+        conv(3, 64, 8) + conv(32, 64, 8) + conv(32, 384, 5) + linear(192 * 5 * 5, 2500) + linear(500, 1),
+    ),
 }
 
 
@@ -44,11 +53,17 @@ def data_dir(tmp_path_factory):
 
 
 def config(data_dir, model, dataset, *overrides, output_dir="/tmp/advnets-test-run"):
-    return compose(f"paths.data_dir={data_dir}", f"model={model}", f"dataset={dataset}", "logger=none",
-                   "dataset.download=false" if dataset == "cifar10" else "dataset.fold=0",
-                   "dataset.check_md5=false" if dataset == "cifar10" else "dataset.train_split=unlabeled",
-                   f"dataset.n_train={4 * PER_BATCH}" if dataset == "cifar10" else "dataset.image_size=48",
-                   *overrides, output_dir=output_dir)
+    return compose(
+        f"paths.data_dir={data_dir}",
+        f"model={model}",
+        f"dataset={dataset}",
+        "logger=none",
+        "dataset.download=false" if dataset == "cifar10" else "dataset.fold=0",
+        "dataset.check_md5=false" if dataset == "cifar10" else "dataset.train_split=unlabeled",
+        f"dataset.n_train={4 * PER_BATCH}" if dataset == "cifar10" else "dataset.image_size=48",
+        *overrides,
+        output_dir=output_dir,
+    )
 
 
 @pytest.mark.slow
@@ -61,8 +76,15 @@ def test_paper_nets_sizes_and_steps(data_dir, tmp_path, model, dataset):
     z = module.noise(4, torch.Generator().manual_seed(0), device="cpu")
     assert module.generator(z).shape == (4, *shape) and module.discriminator(torch.rand(4, *shape)).shape == (4,)
     before = [p.detach().clone() for p in module.parameters()]
-    trainer = pl.Trainer(max_steps=4, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=4,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
     assert (module.d_updates, module.g_updates) == (2, 2)
     assert all(torch.isfinite(p).all() for p in module.parameters())

@@ -37,9 +37,7 @@ def brute_force(points: torch.Tensor, centres: torch.Tensor, sigmas) -> torch.Te
     rows = []
     for s in torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1).tolist():
         rows.append(
-            torch.logsumexp(-dist / (2 * s * s), dim=1)
-            - math.log(len(mu))
-            - x.shape[1] * (math.log(s) + LOG_SQRT_2PI)
+            torch.logsumexp(-dist / (2 * s * s), dim=1) - math.log(len(mu)) - x.shape[1] * (math.log(s) + LOG_SQRT_2PI)
         )
     return torch.stack(rows)
 

@@ -20,8 +20,11 @@ from advnets.nets import Maxout, apply_max_col_norm
 from advnets.nets.mlp import init_linear
 from conftest import REPO, compose, run_script
 
-TINY = ["logger=none", "model.generator.layers=[{units:16,activation:relu,irange:0.05}]",
-        "model.discriminator.layers=[{units:8,pieces:2,irange:0.005}]"]
+TINY = [
+    "logger=none",
+    "model.generator.layers=[{units:16,activation:relu,irange:0.05}]",
+    "model.discriminator.layers=[{units:8,pieces:2,irange:0.005}]",
+]
 
 
 # --- Figure 2 ----------------------------------------------------------------------------------------------------
@@ -31,8 +34,12 @@ def test_nearest_neighbours_equal_brute_force_across_chunks():
     g = torch.Generator().manual_seed(0)
     data = torch.rand(1000, 1, 28, 28, generator=g)
     planted = torch.tensor([3, 64, 65, 500, 959, 960, 999])  # chunk edges and the last chunk
-    queries = torch.cat([data[planted] + 0.01 * torch.randn(len(planted), 1, 28, 28, generator=g),
-                         torch.rand(13, 1, 28, 28, generator=g)])
+    queries = torch.cat(
+        [
+            data[planted] + 0.01 * torch.randn(len(planted), 1, 28, 28, generator=g),
+            torch.rand(13, 1, 28, 28, generator=g),
+        ]
+    )
     expected = torch.cdist(queries.flatten(1).double(), data.flatten(1).double()).argmin(1)
     assert torch.equal(expected[: len(planted)], planted)
     for chunk in (64, 1000, 10000):
@@ -59,8 +66,13 @@ def test_figure_2_last_column_is_the_nearest_training_image():
 def test_sparse_init_gives_exactly_n_nonzero_weights_per_unit():
     """`sparse_init: 100` (TFD's output layer, built from the composed config): every output unit has exactly
     100 non-zero incoming weights, N(0, 1) distributed; also for a layer built directly with another count."""
-    cfg = compose("dataset=tfd", "model=maxout", "model.generator.layers=[{units:300,activation:relu,irange:0.05}]",
-                  "model.discriminator.layers=[{units:8,pieces:2,irange:0.005}]", "logger=none")
+    cfg = compose(
+        "dataset=tfd",
+        "model=maxout",
+        "model.generator.layers=[{units:300,activation:relu,irange:0.05}]",
+        "model.discriminator.layers=[{units:8,pieces:2,irange:0.005}]",
+        "logger=none",
+    )
     torch.manual_seed(0)
     weight = GAN(OmegaConf.to_container(cfg, resolve=True)).generator.output_layer.weight
     assert weight.shape == (48 * 48, 300)
@@ -112,8 +124,9 @@ def test_sample_over_several_chunks():
             assert out.shape == (7, 1, 28, 28)
             torch.testing.assert_close(out, net(z), rtol=0, atol=1e-6)
             assert torch.cdist(out.flatten(1), out.flatten(1)).add(torch.eye(7)).min() > 0
-        assert not torch.allclose(module.sample(7, torch.Generator().manual_seed(4), batch=3, which="ema"),
-                                  module.generator(z))
+        assert not torch.allclose(
+            module.sample(7, torch.Generator().manual_seed(4), batch=3, which="ema"), module.generator(z)
+        )
 
 
 # --- the divergence guard ----------------------------------------------------------------------------------------
@@ -137,14 +150,23 @@ def test_divergence_guard_stops_on_a_non_finite_parameter(tmp_path, value):
 
     module = GAN(OmegaConf.to_container(compose(*TINY, "schedule=simultaneous"), resolve=True))
     x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(5))
-    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path,
-                         callbacks=[PoisonAfterStep(1, value), DivergenceGuard()])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[PoisonAfterStep(1, value), DivergenceGuard()],
+    )
     with pytest.raises(TrainingDiverged) as e:
         trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(40, 10, seed=0)))
     assert all(torch.isfinite(v).all() for k, v in module.step_record.items() if k.endswith("_loss"))
-    assert str(e.value) == ("training diverged: non-finite parameters at D update 2, G update 2 (epoch 1, batch 2); "
-                            "last good checkpoint: none saved yet; try a lower optimizer.lr")
+    assert str(e.value) == (
+        "training diverged: non-finite parameters at D update 2, G update 2 (epoch 1, batch 2); "
+        "last good checkpoint: none saved yet; try a lower optimizer.lr"
+    )
 
 
 # --- SIGTERM during validation --------------------------------------------------------------------------------------
@@ -166,12 +188,23 @@ def test_sigterm_during_validation_stops_with_the_last_epoch_checkpoint(data_dir
     no traceback, no test run, and the message names last.ckpt, which is epoch 1's checkpoint, whole (the
     interrupted epoch is not saved half-done): resuming repeats epoch 2."""
     run_dir = tmp_path / "run"
-    proc = run_script("train.py", f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}", f"hydra.run.dir={run_dir}",
-                      *TINY, "trainer.enable_progress_bar=false", "trainer.limit_train_batches=5",
-                      "trainer.max_epochs=2", "parzen.val_samples=100", "dataset.parzen_val_select=100",
-                      "dataset.parzen_val_points=100", "parzen.test_samples=100",
-                      "callbacks.extra=[{_target_:test_paths.SigtermInValidation,epoch:2}]",
-                      env={"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}, timeout=300)
+    proc = run_script(
+        "train.py",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path}",
+        f"hydra.run.dir={run_dir}",
+        *TINY,
+        "trainer.enable_progress_bar=false",
+        "trainer.limit_train_batches=5",
+        "trainer.max_epochs=2",
+        "parzen.val_samples=100",
+        "dataset.parzen_val_select=100",
+        "dataset.parzen_val_points=100",
+        "parzen.test_samples=100",
+        "callbacks.extra=[{_target_:test_paths.SigtermInValidation,epoch:2}]",
+        env={"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr

@@ -134,16 +134,35 @@ def test_coverage_counts_known_predictions():
 @pytest.mark.slow
 def test_inception_offline_without_weights_is_one_clear_error(tmp_path):
     write_cifar(tmp_path)
-    proc = run_script("eval.py", "reference=true_data", "dataset=cifar10", "dataset.download=false",
-                      "dataset.check_md5=false", f"paths.data_dir={tmp_path}", "logger=wandb",
-                      f"hydra.run.dir={tmp_path / 'eval'}", "n_samples=10", timeout=120,
-                      # offline: every download goes to a closed port; torch's cache is empty
-                      env={"TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": "http://127.0.0.1:9",
-                           "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""})
+    proc = run_script(
+        "eval.py",
+        "reference=true_data",
+        "dataset=cifar10",
+        "dataset.download=false",
+        "dataset.check_md5=false",
+        f"paths.data_dir={tmp_path}",
+        "logger=wandb",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        "n_samples=10",
+        timeout=120,
+        # offline: every download goes to a closed port; torch's cache is empty
+        env={
+            "TORCH_HOME": str(tmp_path / "torch"),
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "https_proxy": "http://127.0.0.1:9",
+            "NO_PROXY": "",
+            "no_proxy": "",
+        },
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert line.startswith("error: the Inception FID needs weights-inception-2015-12-05-6726825d.pth")
     assert f"put it in {tmp_path / 'torch' / 'hub' / 'checkpoints'}/" in line and "quality.inception_weights=" in line
-    written = {p.name for p in (tmp_path / "eval").rglob("*")} - {".hydra", "config.yaml", "hydra.yaml",
-                                                                    "overrides.yaml", "eval.log"}
+    written = {p.name for p in (tmp_path / "eval").rglob("*")} - {
+        ".hydra",
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+        "eval.log",
+    }
     assert written == set()

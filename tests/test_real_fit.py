@@ -24,9 +24,13 @@ from parzen_reference import protocol
 K, BATCH, N_TRAIN = 2, 2500, 50000
 BATCHES = N_TRAIN // BATCH  # per epoch
 VAL_SAMPLES = 200
-SMALL = ["model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
-         "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]", "stabilisers.r1_gamma=null",
-         "model.discriminator.input_dropout=0", "model.discriminator.hidden_dropout=0"]
+SMALL = [
+    "model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
+    "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]",
+    "stabilisers.r1_gamma=null",
+    "model.discriminator.input_dropout=0",
+    "model.discriminator.hidden_dropout=0",
+]
 
 
 class Recorder(pl.Callback):
@@ -46,8 +50,17 @@ class Recorder(pl.Callback):
         for net, opt in zip("DG", trainer.optimizers):
             group = opt.param_groups[0]
             opt.register_step_pre_hook(lambda o, a, k: setattr(self, "_momentum", o.param_groups[0]["momentum"]))
-            opt.register_step_post_hook(lambda o, a, k, net=net: self.steps.append(
-                (net, trainer.current_epoch + 1, self._momentum, o.param_groups[0]["updates"], o.param_groups[0]["lr"])))
+            opt.register_step_post_hook(
+                lambda o, a, k, net=net: self.steps.append(
+                    (
+                        net,
+                        trainer.current_epoch + 1,
+                        self._momentum,
+                        o.param_groups[0]["updates"],
+                        o.param_groups[0]["lr"],
+                    )
+                )
+            )
             assert group["updates"] == 0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
@@ -70,10 +83,16 @@ class Recorder(pl.Callback):
 @pytest.fixture(scope="module")
 def fit(data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real_fit")
-    cfg = compose(f"paths.data_dir={data_dir}", "logger=none", f"k={K}", f"dataset.batch_size={BATCH}",
-                  f"parzen.val_samples={VAL_SAMPLES}", *SMALL,
-                  "quality.features=null",  # only the Parzen estimate draws samples at validation here
-                  output_dir=tmp)
+    cfg = compose(
+        f"paths.data_dir={data_dir}",
+        "logger=none",
+        f"k={K}",
+        f"dataset.batch_size={BATCH}",
+        f"parzen.val_samples={VAL_SAMPLES}",
+        *SMALL,
+        "quality.features=null",  # only the Parzen estimate draws samples at validation here
+        output_dir=tmp,
+    )
     torch.manual_seed(0)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     rec = Recorder()
@@ -100,8 +119,16 @@ def fit(data_dir, tmp_path_factory):
                 rec.indices.append((sampler.epoch, idx.clone()))
             yield idx
 
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         accelerator="cpu", default_root_dir=tmp, num_sanity_val_steps=0, callbacks=[rec])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp,
+        num_sanity_val_steps=0,
+        callbacks=[rec],
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(EpochBatchSampler, "__iter__", recording_iter)
         trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))

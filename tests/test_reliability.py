@@ -23,8 +23,9 @@ def log_dir(tmp_path):
 
 def snapshot(folder):
     """Every path under `folder`, with the modification times of the earlier run's files."""
-    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns if "earlier" in p.parts else 0)
-                  for p in folder.rglob("*"))
+    return sorted(
+        (str(p.relative_to(folder)), p.stat().st_mtime_ns if "earlier" in p.parts else 0) for p in folder.rglob("*")
+    )
 
 
 def refused(log_dir, *args, data_dir=None, logger="none", env=None):
@@ -43,8 +44,10 @@ def refused(log_dir, *args, data_dir=None, logger="none", env=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("group, options", [("dataset", "cifar10, line, mnist, tfd"), ("model", "conv, maxout"),
-                                            ("loss", "minimax, nonsaturating")])
+@pytest.mark.parametrize(
+    "group, options",
+    [("dataset", "cifar10, line, mnist, tfd"), ("model", "conv, maxout"), ("loss", "minimax, nonsaturating")],
+)
 def test_unknown_group_option_lists_the_options(log_dir, group, options):
     msg = refused(log_dir, f"{group}=nope")
     assert f"unknown {group} 'nope': choose one of {options}" in msg
@@ -52,11 +55,16 @@ def test_unknown_group_option_lists_the_options(log_dir, group, options):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arg, text", [("k=0", "k must be an integer >= 1"),
-                                       ("k=2.5", "k must be an integer >= 1"),
-                                       ("dataset.batch_size=0", "dataset.batch_size must be >= 1"),
-                                       ("optimizer.lr=0", "optimizer.lr must be > 0"),
-                                       ("optimizer.lr=-0.1", "optimizer.lr must be > 0")])
+@pytest.mark.parametrize(
+    "arg, text",
+    [
+        ("k=0", "k must be an integer >= 1"),
+        ("k=2.5", "k must be an integer >= 1"),
+        ("dataset.batch_size=0", "dataset.batch_size must be >= 1"),
+        ("optimizer.lr=0", "optimizer.lr must be > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr must be > 0"),
+    ],
+)
 def test_bad_numbers(log_dir, arg, text):
     assert text in refused(log_dir, arg)
 
@@ -65,8 +73,10 @@ def test_bad_numbers(log_dir, arg, text):
 def test_k_with_the_simultaneous_schedule(log_dir):
     """The simultaneous step makes one D and one G update per minibatch: a k there would be ignored."""
     msg = refused(log_dir, "experiment=mnist", "k=5")
-    assert msg == ("error: schedule=simultaneous makes one D and one G update per minibatch, so k must be 1 there, "
-                   "got k=5; k D-steps per G-step is Algorithm 1: schedule=alternating")
+    assert msg == (
+        "error: schedule=simultaneous makes one D and one G update per minibatch, so k must be 1 there, "
+        "got k=5; k D-steps per G-step is Algorithm 1: schedule=alternating"
+    )
 
 
 @pytest.mark.slow
@@ -97,8 +107,10 @@ def test_tfd_valid_split_too_small(log_dir, tmp_path):
 
     write_tfd(tmp_path / "TFD" / "TFD_48x48.mat", valid_rows=1)
     msg = refused(log_dir, "dataset=tfd", data_dir=tmp_path)
-    assert msg == ("error: the valid split of tfd (fold 0) has 1 row: the per-epoch Parzen estimate needs at least 2 "
-                   "(sigma is picked on some, the others are scored); use a fold or data set with a larger valid split")
+    assert msg == (
+        "error: the valid split of tfd (fold 0) has 1 row: the per-epoch Parzen estimate needs at least 2 "
+        "(sigma is picked on some, the others are scored); use a fold or data set with a larger valid split"
+    )
 
 
 @pytest.mark.slow
@@ -196,9 +208,15 @@ def test_ckpt_last_finds_newest_of_same_experiment(tmp_path):
 
 
 # --- training faults: short epochs on real MNIST ------------------------------------------------------
-QUICK = ["logger=none", "test_after_fit=false", "trainer.enable_progress_bar=false",
-         "parzen.val_samples=100", "dataset.parzen_val_select=100", "dataset.parzen_val_points=100",
-         "quality.val_samples=100"]
+QUICK = [
+    "logger=none",
+    "test_after_fit=false",
+    "trainer.enable_progress_bar=false",
+    "parzen.val_samples=100",
+    "dataset.parzen_val_select=100",
+    "dataset.parzen_val_points=100",
+    "quality.val_samples=100",
+]
 # Runs compared for bitwise equality draw from every source of randomness and carry every state a resume must
 # restore: dropout, G's noise, instance noise (drawn from the same generator), R1 and G's EMA (both on by
 # default); every step is logged.
@@ -211,10 +229,20 @@ def train(data_dir, run_dir, *args, batches=5, log_dir=None, **kwargs):
     folder under `log_dir`)."""
     keys = {a.split("=", 1)[0] for a in args}
     quick = [a for a in QUICK if a.split("=", 1)[0] not in keys]
-    where = [f"paths.log_dir={log_dir}"] if run_dir is None else [f"paths.log_dir={run_dir.parent}",
-                                                                  f"hydra.run.dir={run_dir}"]
-    return run_script("train.py", f"paths.data_dir={data_dir}", *where, *quick,
-                      f"trainer.limit_train_batches={batches}", *args, **kwargs)
+    where = (
+        [f"paths.log_dir={log_dir}"]
+        if run_dir is None
+        else [f"paths.log_dir={run_dir.parent}", f"hydra.run.dir={run_dir}"]
+    )
+    return run_script(
+        "train.py",
+        f"paths.data_dir={data_dir}",
+        *where,
+        *quick,
+        f"trainer.limit_train_batches={batches}",
+        *args,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -270,8 +298,9 @@ def preempted(data_dir, tmp_path_factory):
     it printed: (its run folder, the counters in the checkpoint it stopped with)."""
     log_dir = tmp_path_factory.mktemp("preempted")
     stop = "callbacks.extra=[{_target_:test_reliability.StopAtBatch,epoch:2,batch:2}]"
-    stopped = train(data_dir, None, *EXACT, "trainer.max_epochs=2", "logger=[wandb,csv]", stop, log_dir=log_dir,
-                    env=TESTS_ON_PATH)
+    stopped = train(
+        data_dir, None, *EXACT, "trainer.max_epochs=2", "logger=[wandb,csv]", stop, log_dir=log_dir, env=TESTS_ON_PATH
+    )
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     (run_dir,) = (log_dir / "runs").iterdir()
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -320,11 +349,18 @@ def wandb_steps(offline_run) -> list[int]:
     import sys
     from pathlib import Path
 
-    out = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(offline_run)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(offline_run)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     records = [json.loads(line) for line in out.splitlines()]
-    return [int(r["history"]["item"]["trainer/global_step"]) for r in records if r.get("type") == "history"
-            and "train/d_loss" in r["history"]["item"]]
+    return [
+        int(r["history"]["item"]["trainer/global_step"])
+        for r in records
+        if r.get("type") == "history" and "train/d_loss" in r["history"]["item"]
+    ]
 
 
 @pytest.mark.slow
@@ -343,8 +379,9 @@ def test_max_time_stops_mid_epoch_with_a_checkpoint(data_dir, tmp_path):
     proc = train(data_dir, tmp_path / "timed", "trainer.max_time=00:00:00:01", "trainer.max_epochs=1000", batches=50)
     last = tmp_path / "timed" / "checkpoints" / "last.ckpt"
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (f"stopped: trainer.max_time (1 s of fitting in this command) reached: checkpoint saved to {last}"
-            in proc.stderr)
+    assert (
+        f"stopped: trainer.max_time (1 s of fitting in this command) reached: checkpoint saved to {last}" in proc.stderr
+    )
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     (position,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert position["batches_taken"] == ckpt["counters"]["d_updates"] - 50 * position["epoch"]
@@ -395,11 +432,23 @@ def test_signal_mid_epoch_saves_a_checkpoint_and_training_resumes(data_dir, tmp_
 
     run_dir = tmp_path / "preempted"
     last = run_dir / "checkpoints" / "last.ckpt"
-    args = [f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}", f"hydra.run.dir={run_dir}", *QUICK,
-            "trainer.limit_train_batches=100", "trainer.max_epochs=3"]
+    args = [
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path}",
+        f"hydra.run.dir={run_dir}",
+        *QUICK,
+        "trainer.limit_train_batches=100",
+        "trainer.max_epochs=3",
+    ]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "src" / "train.py"), *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "src" / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -427,8 +476,15 @@ def test_wandb_online_without_network(data_dir, tmp_path, fallback):
     # Nothing listens on port 9: the W&B server is unreachable, as without a network.
     env = {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40}
     start = time.time()
-    proc = train(data_dir, tmp_path / "run", "trainer.max_epochs=1", "logger=wandb",
-                 f"logger.wandb.offline_fallback={str(fallback).lower()}", env=env, timeout=180)
+    proc = train(
+        data_dir,
+        tmp_path / "run",
+        "trainer.max_epochs=1",
+        "logger=wandb",
+        f"logger.wandb.offline_fallback={str(fallback).lower()}",
+        env=env,
+        timeout=180,
+    )
     assert time.time() - start < 120
     assert "Traceback" not in proc.stderr
     if fallback:
@@ -473,8 +529,19 @@ def test_a_stopped_multirun_job_prints_the_command_that_resumes_that_job_alone(d
     """SIGTERM in job 0 of `-m seed=0,1`: the printed command is job 0's own overrides as one run (not the sweep
     with job 0's checkpoint, which would resume every seed from it), and it continues in job 0's folder."""
     stop = "callbacks.extra=[{_target_:test_reliability.StopAtBatch,epoch:1,batch:2}]"
-    stopped = train(data_dir, None, "-m", "seed=0,1", "trainer.max_epochs=1", "logger=csv", stop,
-                    "hydra.sweep.subdir=job${hydra.job.num}", batches=3, log_dir=tmp_path, env=TESTS_ON_PATH)
+    stopped = train(
+        data_dir,
+        None,
+        "-m",
+        "seed=0,1",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        stop,
+        "hydra.sweep.subdir=job${hydra.job.num}",
+        batches=3,
+        log_dir=tmp_path,
+        env=TESTS_ON_PATH,
+    )
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     command = shlex.split(stopped.stderr.split("resume with:\n", 1)[1].splitlines()[0])
     assert "-m" not in command and "seed=0" in command and not any(a.startswith("seed=0,") for a in command)

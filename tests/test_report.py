@@ -10,40 +10,71 @@ import yaml
 
 from conftest import REPO
 
-FIELDS = ["epoch", "step", "train/collapsed", "val/parzen_ll", "val/ema_parzen_ll", "val/g_updates",
-          "test/parzen_ll", "test/parzen_se"]
+FIELDS = [
+    "epoch",
+    "step",
+    "train/collapsed",
+    "val/parzen_ll",
+    "val/ema_parzen_ll",
+    "val/g_updates",
+    "test/parzen_ll",
+    "test/parzen_se",
+]
 
 
 def write_run(folder, overrides, val_curve, collapsed=0.0, test=None):
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"override_dirname":
-                                                                                    ",".join(overrides)}}}))
+    (folder / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"job": {"override_dirname": ",".join(overrides)}}})
+    )
     (folder / "csv" / "version_0").mkdir(parents=True)
     with open(folder / "csv" / "version_0" / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS)
         w.writeheader()
         for epoch, (raw, ema) in enumerate(val_curve):
-            w.writerow({"epoch": epoch, "step": 100 * (epoch + 1), "val/parzen_ll": raw, "val/ema_parzen_ll": ema,
-                        "val/g_updates": 50 * (epoch + 1)})
+            w.writerow(
+                {
+                    "epoch": epoch,
+                    "step": 100 * (epoch + 1),
+                    "val/parzen_ll": raw,
+                    "val/ema_parzen_ll": ema,
+                    "val/g_updates": 50 * (epoch + 1),
+                }
+            )
             w.writerow({"epoch": epoch, "step": 100 * (epoch + 1), "train/collapsed": collapsed if epoch else 0.0})
         if test is not None:
-            w.writerow({"epoch": len(val_curve) - 1, "step": 100 * len(val_curve), "test/parzen_ll": test,
-                        "test/parzen_se": 2.0})
+            w.writerow(
+                {
+                    "epoch": len(val_curve) - 1,
+                    "step": 100 * len(val_curve),
+                    "test/parzen_ll": test,
+                    "test/parzen_se": 2.0,
+                }
+            )
 
 
 def test_report_groups_seeds_with_mean_se_and_collapse_count(tmp_path):
     sweep = tmp_path / "sweep"
     write_run(sweep / "0_k=1,seed=0", ["k=1", "seed=0"], [(10, 20), (100, 150), (130, 180)], test=135.0)
     write_run(sweep / "1_k=1,seed=1", ["k=1", "seed=1"], [(20, 25), (110, 160), (150, 200)], test=149.0)
-    write_run(sweep / "2_k=1,seed=2", ["k=1", "seed=2"], [(-250, -240), (-260, -250), (-255, -245)], collapsed=1.0,
-              test=-250.0)
+    write_run(
+        sweep / "2_k=1,seed=2",
+        ["k=1", "seed=2"],
+        [(-250, -240), (-260, -250), (-255, -245)],
+        collapsed=1.0,
+        test=-250.0,
+    )
     write_run(sweep / "3_k=2,seed=0", ["k=2", "seed=0"], [(5, 6), (50, 60)])
-    proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--epoch", "2"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--epoch", "2"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     text = (sweep / "report.md").read_text()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
-            for line in text.splitlines() if line.startswith("| `")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| `")
+    }
 
     k1 = rows["`k=1`"]
     assert k1[1:4] == ["3", "1", "3"]  # seeds, collapsed, last epoch every seed reached
@@ -60,12 +91,25 @@ def test_report_groups_seeds_with_mean_se_and_collapse_count(tmp_path):
 def test_runs_that_differ_only_in_length_or_checkpoints_are_seeds_of_one_setting(tmp_path):
     """A 30-epoch run and a 15-epoch run that stopped when D won are one setting; at an epoch the stopped run never
     reached, the mean is over the runs that did, and says so."""
-    write_run(tmp_path / "a" / "seed0", ["seed=0", "trainer.max_epochs=3", "callbacks.checkpoint.every_n_epochs=5"],
-              [(10, 20), (100, 150), (130, 180)], test=135.0)
-    write_run(tmp_path / "b" / "0_seed=1", ["callbacks.collapse.stop=true", "seed=1", "trainer.max_epochs=2"],
-              [(20, 25), (-250, -240)], collapsed=1.0, test=-250.0)
-    write_run(tmp_path / "b" / "1_seed=2", ["callbacks.collapse.stop=true", "seed=2", "trainer.max_epochs=2"],
-              [(30, 35), (110, 130)], test=111.0)
+    write_run(
+        tmp_path / "a" / "seed0",
+        ["seed=0", "trainer.max_epochs=3", "callbacks.checkpoint.every_n_epochs=5"],
+        [(10, 20), (100, 150), (130, 180)],
+        test=135.0,
+    )
+    write_run(
+        tmp_path / "b" / "0_seed=1",
+        ["callbacks.collapse.stop=true", "seed=1", "trainer.max_epochs=2"],
+        [(20, 25), (-250, -240)],
+        collapsed=1.0,
+        test=-250.0,
+    )
+    write_run(
+        tmp_path / "b" / "1_seed=2",
+        ["callbacks.collapse.stop=true", "seed=2", "trainer.max_epochs=2"],
+        [(30, 35), (110, 130)],
+        test=111.0,
+    )
     write_run(tmp_path / "c" / "0_k=2,seed=0", ["k=2", "seed=0", "trainer.max_epochs=2"], [(5, 6), (50, 60)])
     import report
 
@@ -93,10 +137,20 @@ def test_report_shows_the_fid_beside_parzen(tmp_path):
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"override_dirname": "k=2"}}}))
     (run / "csv" / "version_0").mkdir(parents=True)
-    rows = [{"epoch": 0, "val/parzen_ll": 10, "val/ema_parzen_ll": 20, "val/fid": 80.5, "val/ema_fid": 90.25},
-            {"epoch": 1, "val/parzen_ll": 30, "val/ema_parzen_ll": 40, "val/fid": 40.1, "val/ema_fid": 45.5},
-            {"epoch": 1, "test/parzen_ll": 35, "test/parzen_se": 2, "test/fid": 38.0, "test/ema_fid": 44.0,
-             "test/kid": 7.5, "test/kid_std": 1.25, "test/classes_covered": 9}]
+    rows = [
+        {"epoch": 0, "val/parzen_ll": 10, "val/ema_parzen_ll": 20, "val/fid": 80.5, "val/ema_fid": 90.25},
+        {"epoch": 1, "val/parzen_ll": 30, "val/ema_parzen_ll": 40, "val/fid": 40.1, "val/ema_fid": 45.5},
+        {
+            "epoch": 1,
+            "test/parzen_ll": 35,
+            "test/parzen_se": 2,
+            "test/fid": 38.0,
+            "test/ema_fid": 44.0,
+            "test/kid": 7.5,
+            "test/kid_std": 1.25,
+            "test/classes_covered": 9,
+        },
+    ]
     with open(run / "csv" / "version_0" / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, sorted({k for r in rows for k in r}))
         w.writeheader()
@@ -112,8 +166,9 @@ def test_report_shows_the_fid_beside_parzen(tmp_path):
 def write_rows(folder, overrides, rows):
     """A run folder with hand-written metrics rows (each a dict of the CSV logger's columns)."""
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"override_dirname":
-                                                                                    ",".join(overrides)}}}))
+    (folder / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"job": {"override_dirname": ",".join(overrides)}}})
+    )
     (folder / "csv" / "version_0").mkdir(parents=True)
     fields = sorted({k for r in rows for k in r})
     with open(folder / "csv" / "version_0" / "metrics.csv", "w", newline="") as f:
@@ -123,24 +178,39 @@ def write_rows(folder, overrides, rows):
 
 
 def _table_rows(text):
-    return {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
-            for line in text.splitlines() if line.startswith("| `")}
+    return {
+        line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| `")
+    }
 
 
 def test_report_compares_at_equal_g_updates_and_equal_wall_time(tmp_path):
     sweep = tmp_path / "sweep"
     # k=1: 100 G updates and 10 s per epoch; k=5: 20 G updates and 6 s per epoch.
-    for k, per_epoch, seconds, curves in ((1, 100, 10.0, [[1, 2, 3, 4], [2, 4, 6, 8]]),
-                                          (5, 20, 6.0, [[10, 20, 30, 40], [30, 40, 50, 60]])):
+    for k, per_epoch, seconds, curves in (
+        (1, 100, 10.0, [[1, 2, 3, 4], [2, 4, 6, 8]]),
+        (5, 20, 6.0, [[10, 20, 30, 40], [30, 40, 50, 60]]),
+    ):
         for seed, curve in enumerate(curves):
             rows = []
             for epoch, ll in enumerate(curve):
-                rows.append({"epoch": epoch, "step": epoch + 1, "val/parzen_ll": ll, "val/ema_parzen_ll": ll + 1,
-                             "val/g_updates": per_epoch * (epoch + 1)})
+                rows.append(
+                    {
+                        "epoch": epoch,
+                        "step": epoch + 1,
+                        "val/parzen_ll": ll,
+                        "val/ema_parzen_ll": ll + 1,
+                        "val/g_updates": per_epoch * (epoch + 1),
+                    }
+                )
                 rows.append({"epoch": epoch, "step": epoch + 1, "train/elapsed_s": seconds * (epoch + 1)})
             write_rows(sweep / f"{k}{seed}_k={k},seed={seed}", [f"k={k}", f"seed={seed}"], rows)
-    proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--g-updates", "60",
-                           "--seconds", "20"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--g-updates", "60", "--seconds", "20"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     text = (sweep / "report.md").read_text()
     assert "val/parzen_ll @60 G updates" in text and "val/parzen_ll @20 s" in text
@@ -168,13 +238,23 @@ def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
     for seed, (jsd, distance, final) in runs.items():
         rows = []
         for epoch, (j, d) in enumerate(zip(jsd, distance)):
-            rows.append({"epoch": epoch, "step": epoch + 1, "val/jsd": j, "val/d_distance": d,
-                         "val/g_updates": 50 * (epoch + 1)})
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "step": epoch + 1,
+                    "val/jsd": j,
+                    "val/d_distance": d,
+                    "val/g_updates": 50 * (epoch + 1),
+                }
+            )
             rows.append({"epoch": epoch, "step": epoch + 1, "train/elapsed_s": 3.0 * (epoch + 1)})
         rows.append({"epoch": 3, "step": 4, "test/jsd": final})
         write_rows(sweep / f"{seed}_k=2,seed={seed}", ["k=2", f"seed={seed}"], rows)
-    proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--jsd-below", "0.01"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--jsd-below", "0.01"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     (row,) = _table_rows((sweep / "report.md").read_text()).values()
 
@@ -191,11 +271,16 @@ def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
 def test_the_theory_table_gives_the_jsd_at_equal_g_updates(tmp_path):
     sweep = tmp_path / "sweep"
     for seed, jsd in enumerate(([0.3, 0.02, 0.008], [0.4, 0.009, 0.02])):
-        rows = [{"epoch": e, "step": e + 1, "val/jsd": j, "val/d_distance": 0.1, "val/g_updates": 50 * (e + 1)}
-                for e, j in enumerate(jsd)]
+        rows = [
+            {"epoch": e, "step": e + 1, "val/jsd": j, "val/d_distance": 0.1, "val/g_updates": 50 * (e + 1)}
+            for e, j in enumerate(jsd)
+        ]
         write_rows(sweep / f"{seed}_seed={seed}", [f"seed={seed}"], rows)
-    proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--g-updates", "120"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--g-updates", "120"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     text = (sweep / "report.md").read_text()
     assert "| JSD @120 G updates |" in text
@@ -237,17 +322,37 @@ def test_report_reads_the_full_protocol_of_evaluated_checkpoints(tmp_path):
             folder = run / "eval" / f"e{epoch + 1}"
             folder.mkdir(parents=True)
             ckpt = f"{run}/checkpoints/epoch{epoch:04d}-step{1000 * (epoch + 1)}.ckpt"
-            (folder / "parzen.json").write_text(json.dumps(
-                {"ll": ll + bonus, "se": 2.0, "ckpt_path": ckpt, "ema": {"ll": ll + bonus + 5, "se": 3.0}}))
-            (folder / "quality.json").write_text(json.dumps({"rows": {
-                "raw": {"fid": fid - bonus, "kid": 1.0, "classes_covered": covered},
-                "ema": {"fid": fid - bonus + 10, "kid": 2.0, "classes_covered": covered - 1}}}))
+            (folder / "parzen.json").write_text(
+                json.dumps({"ll": ll + bonus, "se": 2.0, "ckpt_path": ckpt, "ema": {"ll": ll + bonus + 5, "se": 3.0}})
+            )
+            (folder / "quality.json").write_text(
+                json.dumps(
+                    {
+                        "rows": {
+                            "raw": {"fid": fid - bonus, "kid": 1.0, "classes_covered": covered},
+                            "ema": {"fid": fid - bonus + 10, "kid": 2.0, "classes_covered": covered - 1},
+                        }
+                    }
+                )
+            )
     report.main([str(tmp_path / "seed1"), str(tmp_path / "seed2"), "--out", str(tmp_path)])
     text = (tmp_path / "report.md").read_text()
-    rows = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
-            for line in text.splitlines() if line.startswith("| `defaults` | ")}
+    rows = {
+        line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| `defaults` | ")
+    }
     # epoch 10: Parzen 100, 110 -> 105 +- 5; FID 40, 50 -> 45 +- 5; EMA 5 nats above, FID 10 above, a class fewer
-    assert rows["10"][2:] == ["2", "105.0 +- 5.0 (+- 2.0)", "45.0 +- 5.0", "1.00 +- 0.00", "9.5 +- 0.5",
-                              "110.0 +- 5.0 (+- 3.0)", "55.0 +- 5.0", "2.00 +- 0.00", "8.5 +- 0.5"]
+    assert rows["10"][2:] == [
+        "2",
+        "105.0 +- 5.0 (+- 2.0)",
+        "45.0 +- 5.0",
+        "1.00 +- 0.00",
+        "9.5 +- 0.5",
+        "110.0 +- 5.0 (+- 3.0)",
+        "55.0 +- 5.0",
+        "2.00 +- 0.00",
+        "8.5 +- 0.5",
+    ]
     assert rows["20"][3] == "125.0 +- 5.0 (+- 2.0)" and rows["20"][4] == "25.0 +- 5.0"
     assert (tmp_path / "report_protocol.png").is_file()

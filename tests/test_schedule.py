@@ -45,9 +45,17 @@ def fit(data_dir, tmp_path, *overrides, batches=30):
     module.noise = noise
     module.generator.register_forward_hook(lambda *a: record("G"))
     module.discriminator.register_forward_hook(lambda *a: record("D"))
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu",
-                         default_root_dir=tmp_path, callbacks=[recorder])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[recorder],
+    )
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
     return module, trainer, events, recorder.batches
 
@@ -81,4 +89,3 @@ def test_simultaneous_updates_both_nets_from_one_forward_pass(data_dir, tmp_path
     d_opt, g_opt = trainer.optimizers
     assert (d_opt.param_groups[0]["updates"], g_opt.param_groups[0]["updates"]) == (30, 30)
     assert [k for k, _ in events] == ["noise", "G", "D", "D"] * 30
-

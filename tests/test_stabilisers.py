@@ -15,8 +15,10 @@ from advnets.module import GAN
 from advnets.stabilisers import InstanceNoise, R1Penalty
 from conftest import compose
 
-TINY = ["model.generator.layers=[{units: 16, activation: relu, irange: 0.05}]",
-        "model.discriminator.layers=[{units: 8, pieces: 2, irange: 0.05}]"]
+TINY = [
+    "model.generator.layers=[{units: 16, activation: relu, irange: 0.05}]",
+    "model.discriminator.layers=[{units: 8, pieces: 2, irange: 0.05}]",
+]
 
 
 def test_r1_on_a_linear_discriminator_is_half_gamma_times_the_squared_weight_norm():
@@ -52,12 +54,14 @@ def test_one_sided_label_smoothing_at_known_logits():
     expected = 0.5 * (real_term + softplus(0.5))
     assert math.isclose(discriminator_loss(real, fake, 0.5, real_label=a).item(), expected, rel_tol=1e-12)
     # At logit 0 the cross entropy is log 2 for any target; the minimiser of the real term is logit(a).
-    assert math.isclose(discriminator_loss(torch.zeros(1), torch.full((1,), -1e9), 1.0, a).item(), math.log(2),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        discriminator_loss(torch.zeros(1), torch.full((1,), -1e9), 1.0, a).item(), math.log(2), rel_tol=1e-6
+    )
     logit = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)
     for _ in range(2000):
-        (g,) = torch.autograd.grad(discriminator_loss(logit, torch.full((1,), -50.0, dtype=torch.float64), 1.0, a),
-                                   logit)
+        (g,) = torch.autograd.grad(
+            discriminator_loss(logit, torch.full((1,), -50.0, dtype=torch.float64), 1.0, a), logit
+        )
         logit = (logit - 1.0 * g).detach().requires_grad_()
     assert math.isclose(torch.sigmoid(logit).item(), a, rel_tol=1e-6)
     # real_label 1 is the paper's loss, bit for bit.
@@ -110,8 +114,14 @@ class _Opt:
 
 
 def test_module_d_step_adds_r1_and_g_step_updates_the_ema(tmp_path):
-    module = _module(tmp_path, "stabilisers.r1_gamma=1.0", "model.ema_decay=0.5", "model.ema_rampup=null",
-                     "optimizer.d_lr=0.05", "optimizer.g_lr=0.02")
+    module = _module(
+        tmp_path,
+        "stabilisers.r1_gamma=1.0",
+        "model.ema_decay=0.5",
+        "model.ema_rampup=null",
+        "optimizer.d_lr=0.05",
+        "optimizer.g_lr=0.02",
+    )
     module.manual_backward = lambda loss, *args: loss.backward(*args)
     module.discriminator.eval()  # no dropout: the same D on every pass
     d_opt, g_opt = (build for build in module.configure_optimizers())
@@ -145,8 +155,9 @@ def test_module_d_step_adds_r1_and_g_step_updates_the_ema(tmp_path):
 def test_collapse_is_marked_after_consecutive_epochs_only():
     logged = []
     module = SimpleNamespace(step_record={}, log_dict=lambda d, **kw: logged.append(d))
-    trainer = SimpleNamespace(current_epoch=0, should_stop=False,
-                              strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all=True: x))
+    trainer = SimpleNamespace(
+        current_epoch=0, should_stop=False, strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all=True: x)
+    )
     monitor = CollapseMonitor(d_real_above=0.99, d_fake_below=0.01, epochs=2, stop=True)
 
     def epoch(pairs):
@@ -175,8 +186,9 @@ def test_collapse_is_marked_after_consecutive_epochs_only():
 def test_collapse_under_label_smoothing_is_measured_against_d_real_target():
     """With D's real target 0.9 a D that has won sits at D(x) = 0.9: 0.99 of the target (0.891) marks it."""
     module = SimpleNamespace(step_record={}, log_dict=lambda d, **kw: None)
-    trainer = SimpleNamespace(current_epoch=0, should_stop=False,
-                              strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all=True: x))
+    trainer = SimpleNamespace(
+        current_epoch=0, should_stop=False, strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all=True: x)
+    )
     smoothed, plain = CollapseMonitor(real_label=0.9), CollapseMonitor()
     assert smoothed.d_real_above == pytest.approx(0.891) and plain.d_real_above == 0.99
     for _ in range(2):

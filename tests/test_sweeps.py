@@ -14,9 +14,13 @@ from conftest import REPO, compose, run_script, tiny_run, wandb_run_record, wand
 BATCHES = 10
 # Overrides that change nothing trained, long enough together (with tiny_run's) that a job folder named by them
 # would pass the file system's 255-byte limit on a name: job folders are named by job number.
-LONG_OVERRIDES = ("logger.wandb.tags=[a_tag_long_enough_to_name_this_sweep_on_the_dashboard]",
-                  "callbacks.collapse.d_real_above=0.99", "callbacks.collapse.d_fake_below=0.01",
-                  "stabilisers.instance_noise_anneal_updates=50000", "callbacks.progress.every_s=30")
+LONG_OVERRIDES = (
+    "logger.wandb.tags=[a_tag_long_enough_to_name_this_sweep_on_the_dashboard]",
+    "callbacks.collapse.d_real_above=0.99",
+    "callbacks.collapse.d_fake_below=0.01",
+    "stabilisers.instance_noise_anneal_updates=50000",
+    "callbacks.progress.every_s=30",
+)
 
 
 def job_folders(sweep):
@@ -27,8 +31,15 @@ def job_folders(sweep):
 def sweep(data_dir, tmp_path_factory):
     """Two jobs in one process (the basic launcher): the first W&B run must be finished before the second."""
     sweep = tmp_path_factory.mktemp("sweeps") / "k-sweep"
-    proc = run_script("train.py", "-m", "k=1,2", *tiny_run(data_dir, BATCHES), *LONG_OVERRIDES,
-                      f"hydra.sweep.dir={sweep}", env={"OMP_NUM_THREADS": "1"})
+    proc = run_script(
+        "train.py",
+        "-m",
+        "k=1,2",
+        *tiny_run(data_dir, BATCHES),
+        *LONG_OVERRIDES,
+        f"hydra.sweep.dir={sweep}",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sweep
 
@@ -59,7 +70,7 @@ def test_report_tabulates_and_plots_the_sweep(sweep):
     assert proc.returncode == 0, proc.stderr
     table = (sweep / "report.md").read_text()
     assert proc.stdout.strip() == table.strip()
-    per_run = table[table.index("| run |"):]
+    per_run = table[table.index("| run |") :]
     rows = [line for line in per_run.splitlines() if line.startswith("| ") and not line.startswith("| run ")]
     assert len(rows) == 2
     for k, row in zip((1, 2), rows):
@@ -73,8 +84,9 @@ def test_report_tabulates_and_plots_the_sweep(sweep):
 
 
 def test_report_refuses_a_folder_without_runs(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(tmp_path)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "report.py"), str(tmp_path)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: no runs in") and "Traceback" not in proc.stderr
 
 
@@ -82,9 +94,18 @@ def test_report_refuses_a_folder_without_runs(tmp_path):
 def test_joblib_launcher_runs_ddp_jobs(data_dir, tmp_path):
     """Each job in a joblib worker; Lightning's DDP launcher starts the second rank of each."""
     sweep = tmp_path / "joblib"
-    proc = run_script("train.py", "-m", "hydra/launcher=joblib", "trainer=ddp_cpu", "k=1,2",
-                      *tiny_run(data_dir, BATCHES // 2), "logger=csv", "test_after_fit=false",
-                      f"hydra.sweep.dir={sweep}", env={"OMP_NUM_THREADS": "1"})
+    proc = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=joblib",
+        "trainer=ddp_cpu",
+        "k=1,2",
+        *tiny_run(data_dir, BATCHES // 2),
+        "logger=csv",
+        "test_after_fit=false",
+        f"hydra.sweep.dir={sweep}",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = job_folders(sweep)
     assert len(jobs) == 2

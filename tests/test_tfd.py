@@ -27,8 +27,12 @@ def write_tfd(path, size=48, drop=None, images_shape=None, valid_rows=None):
         folds[valid[valid_rows:], 0] = 1
     labs_ex = np.where(folds[:, :1] == 0, -1, rng.integers(1, 8, (N, 1))).astype(np.int16)
     labs_id = rng.integers(1, 200, (N, 1)).astype(np.int32)
-    mat = {"images": images if images_shape is None else images.reshape(images_shape), "folds": folds,
-           "labs_ex": labs_ex, "labs_id": labs_id}
+    mat = {
+        "images": images if images_shape is None else images.reshape(images_shape),
+        "folds": folds,
+        "labs_ex": labs_ex,
+        "labs_id": labs_id,
+    }
     if drop:
         del mat[drop]
     path.parent.mkdir(parents=True, exist_ok=True)

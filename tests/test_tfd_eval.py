@@ -20,8 +20,16 @@ def test_over_folds_mean_and_standard_error():
 @pytest.mark.slow
 def test_eval_tfd_scores_every_fold(tmp_path):
     write_tfd(tmp_path / "TFD" / "TFD_48x48.mat")
-    proc = run_script("eval.py", "reference=true_data", "dataset=tfd", f"paths.data_dir={tmp_path}", "logger=none",
-                      "n_samples=100", f"hydra.run.dir={tmp_path / 'ref'}", timeout=120)
+    proc = run_script(
+        "eval.py",
+        "reference=true_data",
+        "dataset=tfd",
+        f"paths.data_dir={tmp_path}",
+        "logger=none",
+        "n_samples=100",
+        f"hydra.run.dir={tmp_path / 'ref'}",
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "ref" / "parzen.json").read_text())
     folds = report["folds"]

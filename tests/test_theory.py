@@ -31,10 +31,12 @@ def test_theorem_1_at_p_g_equal_p_data_d_star_is_one_half_and_c_g_is_minus_log_4
 
 def _continuous_jsd(p, q, low=-8.0, high=10.0) -> float:
     """JSD of two densities by adaptive quadrature (scipy), independent of the project's bin sums."""
+
     def term(x):
         a, b = p(x), q(x)
         m = (a + b) / 2
         return 0.5 * (a * math.log(a / m) if a > 0 else 0.0) + 0.5 * (b * math.log(b / m) if b > 0 else 0.0)
+
     return integrate.quad(term, low, high, points=[0.0, 1.0, 2.0], limit=500, epsabs=1e-12)[0]
 
 
@@ -62,8 +64,9 @@ def test_d_distance_is_the_mixture_weighted_mean_absolute_error():
     assert math.isnan(optimal_discriminator(p, q)[3])
     metrics = theory_metrics(p, q, d)
     assert metrics["d_distance"] == pytest.approx(0.25 * 0.1 + 0.5 * 0.3 + 0.25 * 0.1)
-    assert metrics["v_d"] == pytest.approx(0.5 * math.log(0.9) + 0.5 * math.log(0.2) + 0.5 * math.log(0.8)
-                                           + 0.5 * math.log(0.9))
+    assert metrics["v_d"] == pytest.approx(
+        0.5 * math.log(0.9) + 0.5 * math.log(0.2) + 0.5 * math.log(0.8) + 0.5 * math.log(0.9)
+    )
     assert metrics["jsd"] == pytest.approx(0.5 * math.log(2), abs=1e-12) == jensen_shannon(p, q)
 
 
@@ -80,8 +83,11 @@ def test_mixture_density_masses_and_samples():
     x = torch.tensor([-3.0, -2.0, 0.0, 1.5, 2.0, 4.0], dtype=torch.float64)
     expected = 0.25 * stats.norm.cdf(x.numpy(), -2.0, 0.25) + 0.75 * stats.norm.cdf(x.numpy(), 2.0, 0.5)
     assert torch.allclose(mix.cdf(x), torch.from_numpy(expected), atol=1e-12)
-    assert torch.allclose(mix.pdf(x), torch.from_numpy(0.25 * stats.norm.pdf(x.numpy(), -2.0, 0.25)
-                                                       + 0.75 * stats.norm.pdf(x.numpy(), 2.0, 0.5)), atol=1e-12)
+    assert torch.allclose(
+        mix.pdf(x),
+        torch.from_numpy(0.25 * stats.norm.pdf(x.numpy(), -2.0, 0.25) + 0.75 * stats.norm.pdf(x.numpy(), 2.0, 0.5)),
+        atol=1e-12,
+    )
     assert mix.mean() == pytest.approx(0.25 * -2.0 + 0.75 * 2.0)
     x = mix.sample(200000, torch.Generator().manual_seed(0)).squeeze(1).double()
     assert (x < 0).double().mean().item() == pytest.approx(0.25, abs=0.005)
@@ -117,8 +123,9 @@ def test_line_datamodule_from_the_real_config():
     assert next(iter(loader)).shape == (cfg.dataset.batch_size, 1)
     grid = next(iter(dm.val_dataloader()))
     assert grid.shape == (cfg.dataset.grid.bins, 1)
-    assert grid[0, 0].item() == pytest.approx(cfg.dataset.grid.low + (cfg.dataset.grid.high - cfg.dataset.grid.low)
-                                              / cfg.dataset.grid.bins / 2)
+    assert grid[0, 0].item() == pytest.approx(
+        cfg.dataset.grid.low + (cfg.dataset.grid.high - cfg.dataset.grid.low) / cfg.dataset.grid.bins / 2
+    )
 
 
 @pytest.mark.slow
@@ -130,17 +137,31 @@ def test_proposition_1_the_projects_d_step_on_fresh_batches_reaches_d_star(tmp_p
 
     from advnets.module import GAN
 
-    cfg = compose("experiment=figure1", "model.noise=normal", "model.generator.layers=[]", "k=1000000",
-                  "trainer.max_epochs=12", "dataset.batches_per_epoch=250", "logger=csv", "seed=5",
-                  output_dir=tmp_path)
+    cfg = compose(
+        "experiment=figure1",
+        "model.noise=normal",
+        "model.generator.layers=[]",
+        "k=1000000",
+        "trainer.max_epochs=12",
+        "dataset.batches_per_epoch=250",
+        "logger=csv",
+        "seed=5",
+        output_dir=tmp_path,
+    )
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     w, b = 0.75, 1.0  # exact in float32
     with torch.no_grad():
         module.generator.output_layer.weight.fill_(w)
         module.generator.output_layer.bias.fill_(b)
     dm = LineDataModule(dict(OmegaConf.to_container(cfg.dataset, resolve=True)), seed=5)
-    trainer = pl.Trainer(max_epochs=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=12,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=dm)
     assert module.g_updates == 0 and module.d_updates == 12 * 250
     assert module.generator.output_layer.weight.item() == w and module.generator.output_layer.bias.item() == b
@@ -169,9 +190,16 @@ def figure1_run(tmp_path_factory):
     from conftest import run_script
 
     run_dir = tmp_path_factory.mktemp("figure1") / "run"
-    proc = run_script("train.py", "experiment=figure1", "trainer.max_epochs=3", "dataset.batches_per_epoch=20",
-                      "dataset.theory_val_samples=20000", "dataset.theory_test_samples=50000",
-                      "trainer.log_every_n_steps=5", f"hydra.run.dir={run_dir}")
+    proc = run_script(
+        "train.py",
+        "experiment=figure1",
+        "trainer.max_epochs=3",
+        "dataset.batches_per_epoch=20",
+        "dataset.theory_val_samples=20000",
+        "dataset.theory_test_samples=50000",
+        "trainer.log_every_n_steps=5",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -269,8 +297,9 @@ def test_g_grad_norm_is_the_norm_of_g_gradient_and_only_measured_on_logged_steps
                 g_opt.step()
 
         z = module.noise(16, torch.Generator().manual_seed(3))
-        expected = torch.autograd.grad(generator_loss(module.discriminator(module.generator(z)), loss),
-                                       list(module.generator.parameters()))
+        expected = torch.autograd.grad(
+            generator_loss(module.discriminator(module.generator(z)), loss), list(module.generator.parameters())
+        )
         norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in expected))
         module._noise_gen = torch.Generator().manual_seed(3)
         module._generator_step(16, Opt())
@@ -293,15 +322,28 @@ def test_the_k_study_command_as_typed_runs_a_sweep_that_report_summarises(tmp_pa
 
     assert flags_first(["experiment=figure1", "-m", "k=1,2"]) == ["-m", "experiment=figure1", "k=1,2"]
     sweep = tmp_path / "sweep"
-    proc = run_script("train.py", "experiment=figure1", "-m", "k=1,2", "seed=0", "trainer.max_epochs=2",
-                      "dataset.batches_per_epoch=10", "dataset.theory_val_samples=10000",
-                      "dataset.theory_test_samples=10000", "logger=csv", f"hydra.sweep.dir={sweep}")
+    proc = run_script(
+        "train.py",
+        "experiment=figure1",
+        "-m",
+        "k=1,2",
+        "seed=0",
+        "trainer.max_epochs=2",
+        "dataset.batches_per_epoch=10",
+        "dataset.theory_val_samples=10000",
+        "dataset.theory_test_samples=10000",
+        "logger=csv",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]  # job folders by number, the overrides in each job's .hydra/overrides.yaml
     assert ["k=1" in (sweep / j / ".hydra" / "overrides.yaml").read_text() for j in jobs] == [True, False]
-    report = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--jsd-below", "0.7"],
-                            capture_output=True, text=True)
+    report = subprocess.run(
+        [sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--jsd-below", "0.7"],
+        capture_output=True,
+        text=True,
+    )
     assert report.returncode == 0, report.stderr
     rows = [line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| `")]
     assert [r.split("|")[1].strip() for r in rows[:2]] == ["`k=1`", "`k=2`"]  # the theory table, a row per k

@@ -7,19 +7,41 @@ import torch
 
 from conftest import run_script, wandb_summary
 
-TRAIN_KEYS = ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/d_updates",
-              "train/g_updates", "train/lr", "train/momentum"]
-QUALITY_KEYS = [f"{stage}/{g}{name}" for stage in ("val", "test") for g in ("", "ema_")
-                for name in ("fid", "kid", "kid_std", "inception_score", "classes_covered", "class_kl")]
+TRAIN_KEYS = [
+    "train/d_loss",
+    "train/g_loss",
+    "train/d_real",
+    "train/d_fake",
+    "train/d_updates",
+    "train/g_updates",
+    "train/lr",
+    "train/momentum",
+]
+QUALITY_KEYS = [
+    f"{stage}/{g}{name}"
+    for stage in ("val", "test")
+    for g in ("", "ema_")
+    for name in ("fid", "kid", "kid_std", "inception_score", "classes_covered", "class_kl")
+]
 
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
-    proc = run_script("train.py", f"paths.data_dir={data_dir}", "trainer.max_epochs=1",
-                      "trainer.limit_train_batches=30", "trainer.log_every_n_steps=10", "k=2",
-                      "parzen.val_samples=500", "parzen.test_samples=1000", "quality.val_samples=500",
-                      "quality.test_samples=1000", "quality.kid_subsets=10", f"hydra.run.dir={run_dir}")
+    proc = run_script(
+        "train.py",
+        f"paths.data_dir={data_dir}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=30",
+        "trainer.log_every_n_steps=10",
+        "k=2",
+        "parzen.val_samples=500",
+        "parzen.test_samples=1000",
+        "quality.val_samples=500",
+        "quality.test_samples=1000",
+        "quality.kid_subsets=10",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir.parent / "output.txt").write_text(proc.stdout + proc.stderr)
     return run_dir
@@ -55,9 +77,23 @@ def test_wandb_offline_run_holds_the_keys(trained):
     summary = wandb_summary(trained)
     assert summary["state"] == "finished" and summary["exit_code"] == 0
     values = summary["summary"]
-    for key in TRAIN_KEYS + ["val/parzen_ll", "test/parzen_ll", "test/parzen_se", "test/parzen_sigma",
-                             "val/ema_parzen_ll", "test/ema_parzen_ll", "test/ema_parzen_se", "test/ema_parzen_sigma",
-                             "train/r1_penalty", "train/epoch_d_real", "train/epoch_d_fake"] + QUALITY_KEYS:
+    for key in (
+        TRAIN_KEYS
+        + [
+            "val/parzen_ll",
+            "test/parzen_ll",
+            "test/parzen_se",
+            "test/parzen_sigma",
+            "val/ema_parzen_ll",
+            "test/ema_parzen_ll",
+            "test/ema_parzen_se",
+            "test/ema_parzen_sigma",
+            "train/r1_penalty",
+            "train/epoch_d_real",
+            "train/epoch_d_fake",
+        ]
+        + QUALITY_KEYS
+    ):
         assert key in values, key
     assert values["train/collapsed"] == 0 and values["train/r1_penalty"] >= 0
     assert values["ema_samples"]["_type"].startswith("images")
@@ -75,9 +111,18 @@ def test_wandb_offline_run_holds_the_keys(trained):
 
 @pytest.mark.slow
 def test_resume_from_checkpoint_runs(trained, data_dir, tmp_path):
-    proc = run_script("train.py", f"paths.data_dir={data_dir}", "trainer.max_epochs=2", "trainer.limit_train_batches=30",
-                      "k=2", f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "logger=csv", "test_after_fit=false",
-                      "parzen.val_samples=500", f"hydra.run.dir={tmp_path / 'resumed'}")
+    proc = run_script(
+        "train.py",
+        f"paths.data_dir={data_dir}",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=30",
+        "k=2",
+        f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}",
+        "logger=csv",
+        "test_after_fit=false",
+        "parzen.val_samples=500",
+        f"hydra.run.dir={tmp_path / 'resumed'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # Saved at the end of the second epoch, whose 0-based index it records.
@@ -100,11 +145,22 @@ def test_training_end_writes_the_paper_figures(trained):
 def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path):
     # The epoch's checkpoint under its own name, pasted into ckpt_path= as it is (no `=` for Hydra to choke on).
     ckpt = trained / "checkpoints" / "epoch0000-step45.ckpt"
-    proc = run_script("eval.py", f"ckpt_path={ckpt}", f"paths.data_dir={data_dir}",
-                      "n_samples=1000", "quality.kid_subsets=10", f"hydra.run.dir={tmp_path / 'eval'}")
+    proc = run_script(
+        "eval.py",
+        f"ckpt_path={ckpt}",
+        f"paths.data_dir={data_dir}",
+        "n_samples=1000",
+        "quality.kid_subsets=10",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for row in ("| DBN (paper) | 138 ± 2 |", "| Stacked CAE (paper) | 121 ± 1.6 |", "| Deep GSN (paper) | 214 ± 1.1 |",
-                "| Adversarial nets (paper) | 225 ± 2 |", "| Adversarial nets (ours"):
+    for row in (
+        "| DBN (paper) | 138 ± 2 |",
+        "| Stacked CAE (paper) | 121 ± 1.6 |",
+        "| Deep GSN (paper) | 214 ± 1.1 |",
+        "| Adversarial nets (paper) | 225 ± 2 |",
+        "| Adversarial nets (ours",
+    ):
         assert row in proc.stdout
     report = json.loads((tmp_path / "eval" / "parzen.json").read_text())
     assert set(report) >= {"ll", "se", "sigma", "n_samples", "dataset"}
@@ -118,8 +174,10 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
     assert f"{ema['ll']:.1f} ± {ema['se']:.1f}" in proc.stdout and ema["ll"] != report["ll"]
     assert (tmp_path / "eval" / "figures" / "figure_2.png").is_file()
     # The sample-quality table: the real-data reference, then G and its EMA, labelled classifier-based.
-    assert "Sample quality on MNIST: 1,000 images against the 10,000 test images; MNIST classifier features " \
-           "(classifier-based; not comparable with Inception FIDs)." in proc.stdout
+    assert (
+        "Sample quality on MNIST: 1,000 images against the 10,000 test images; MNIST classifier features "
+        "(classifier-based; not comparable with Inception FIDs)." in proc.stdout
+    )
     assert "| True data: 1,000 training images (reference) |" in proc.stdout
     quality = json.loads((tmp_path / "eval" / "quality.json").read_text())
     assert quality["features"] == "mnist_classifier" and set(quality["rows"]) == {"raw", "ema", "true_data"}
@@ -132,8 +190,14 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
 @pytest.mark.slow
 def test_eval_true_data_reference(data_dir, tmp_path):
     """10,000 random training images as centres: published work puts this at 243 nats."""
-    proc = run_script("eval.py", "reference=true_data", f"paths.data_dir={data_dir}", "logger=none",
-                      "quality.kid_subsets=10", f"hydra.run.dir={tmp_path / 'ref'}")
+    proc = run_script(
+        "eval.py",
+        "reference=true_data",
+        f"paths.data_dir={data_dir}",
+        "logger=none",
+        "quality.kid_subsets=10",
+        f"hydra.run.dir={tmp_path / 'ref'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "ref" / "parzen.json").read_text())
     assert 240 <= report["ll"] <= 244 and report["n_samples"] == 10000

@@ -20,18 +20,27 @@ from advnets.data import EpochBatchSampler, TensorBatches
 from advnets.module import GAN
 from conftest import compose
 
-SMALL = ["logger=none", "model.noise_dim=10", "model.generator.layers=[{units:16,activation:relu,irange:0.5}]",
-         "model.generator.output.irange=0.5", "model.discriminator.layers=[{units:8,pieces:2,irange:0.1}]",
-         "model.discriminator.output_irange=0.5", "model.ema_decay=null", "stabilisers.r1_gamma=null"]
+SMALL = [
+    "logger=none",
+    "model.noise_dim=10",
+    "model.generator.layers=[{units:16,activation:relu,irange:0.5}]",
+    "model.generator.output.irange=0.5",
+    "model.discriminator.layers=[{units:8,pieces:2,irange:0.1}]",
+    "model.discriminator.output_irange=0.5",
+    "model.ema_decay=null",
+    "stabilisers.r1_gamma=null",
+]
 LR0, DECAY, MU = 0.1, 1.000004, 0.5  # the paper's lr0 and decay; mu in epoch 1
 TOL = 1e-4  # relative to the largest expected change; float32 rounding is ~5e-6 of it here
 BATCH, STEPS = 8, 2
 
 
 def snapshot(module: GAN, optimizers) -> dict:
-    return {"G": {n: p.detach().clone() for n, p in module.generator.named_parameters()},
-            "D": {n: p.detach().clone() for n, p in module.discriminator.named_parameters()},
-            "velocity": [{i: s["velocity"].clone() for i, s in enumerate(opt.state.values())} for opt in optimizers]}
+    return {
+        "G": {n: p.detach().clone() for n, p in module.generator.named_parameters()},
+        "D": {n: p.detach().clone() for n, p in module.discriminator.named_parameters()},
+        "velocity": [{i: s["velocity"].clone() for i, s in enumerate(opt.state.values())} for opt in optimizers],
+    }
 
 
 class StepRecorder(pl.Callback):
@@ -42,10 +51,12 @@ class StepRecorder(pl.Callback):
 
     def on_train_start(self, trainer, module):
         for name, opt in zip("DG", trainer.optimizers):
-            opt.register_step_pre_hook(lambda o, a, k, name=name: self.events.append(
-                (f"{name}_pre", snapshot(module, trainer.optimizers))))
-            opt.register_step_post_hook(lambda o, a, k, name=name: self.events.append(
-                (f"{name}_post", snapshot(module, trainer.optimizers))))
+            opt.register_step_pre_hook(
+                lambda o, a, k, name=name: self.events.append((f"{name}_pre", snapshot(module, trainer.optimizers)))
+            )
+            opt.register_step_post_hook(
+                lambda o, a, k, name=name: self.events.append((f"{name}_post", snapshot(module, trainer.optimizers)))
+            )
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.events.append(("batch", batch.clone()))
@@ -68,9 +79,16 @@ def fit_two_steps(tmp_path, schedule: str, loss: str):
 
     module.noise = noise
     x = torch.rand(BATCH * STEPS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp_path,
-                         callbacks=[StepRecorder(events)])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        callbacks=[StepRecorder(events)],
+    )
     trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(len(x), BATCH, seed=0, shuffle=False)))
     module.noise = real_noise
     # Only what happened during the training steps (the epoch-end sample grid draws no noise through it).

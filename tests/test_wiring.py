@@ -25,12 +25,23 @@ from advnets.module import GAN
 from conftest import compose
 
 BATCH = 8
-SMALL = ["logger=none", "quality.features=null", "model.noise_dim=6", f"dataset.batch_size={BATCH}",
-         "model.generator.layers=[{units:12,activation:relu,irange:0.5}]", "model.generator.output.irange=0.5",
-         "model.discriminator.layers=[{units:6,pieces:2,irange:0.1}]", "model.discriminator.output_irange=0.5",
-         "model.discriminator.input_dropout=0", "model.discriminator.hidden_dropout=0", "model.ema_decay=null",
-         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-         "trainer.limit_val_batches=0"]
+SMALL = [
+    "logger=none",
+    "quality.features=null",
+    "model.noise_dim=6",
+    f"dataset.batch_size={BATCH}",
+    "model.generator.layers=[{units:12,activation:relu,irange:0.5}]",
+    "model.generator.output.irange=0.5",
+    "model.discriminator.layers=[{units:6,pieces:2,irange:0.1}]",
+    "model.discriminator.output_irange=0.5",
+    "model.discriminator.input_dropout=0",
+    "model.discriminator.hidden_dropout=0",
+    "model.ema_decay=null",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=0",
+]
 TOL = 2e-4  # relative to the largest expected change; float32 rounding is ~1e-5 of it with these nets
 
 
@@ -84,16 +95,25 @@ class Recorder(pl.Callback):
 
     def state(self, module):
         ema = module.generator_ema
-        return {"G": params(module.generator), "D": params(module.discriminator),
-                "EMA": params(ema.generator) if ema is not None else None,
-                "counters": (module.d_updates, module.g_updates)}
+        return {
+            "G": params(module.generator),
+            "D": params(module.discriminator),
+            "EMA": params(ema.generator) if ema is not None else None,
+            "counters": (module.d_updates, module.g_updates),
+        }
 
     def on_train_start(self, trainer, module):
         self.events.append(("start", self.state(module)))
         for name, opt in zip("DG", trainer.optimizers):
-            opt.register_step_pre_hook(lambda o, a, k, name=name: self.events.append((f"{name}_pre", self.state(module))))
-            opt.register_step_post_hook(lambda o, a, k, name=name: self.events.append((f"{name}_post", self.state(module))))
-        module.discriminator.register_forward_pre_hook(lambda m, args: self.events.append(("d_in", args[0].detach().clone())))
+            opt.register_step_pre_hook(
+                lambda o, a, k, name=name: self.events.append((f"{name}_pre", self.state(module)))
+            )
+            opt.register_step_post_hook(
+                lambda o, a, k, name=name: self.events.append((f"{name}_post", self.state(module)))
+            )
+        module.discriminator.register_forward_pre_hook(
+            lambda m, args: self.events.append(("d_in", args[0].detach().clone()))
+        )
         real_noise = module.noise
 
         def noise(n, generator=None, device=None):
@@ -119,8 +139,13 @@ class Recorder(pl.Callback):
 
 def fit(tmp_path, *overrides, batches=2, epochs=1):
     """The module fitted by a Trainer built from the composed trainer config, as train.py builds it."""
-    cfg = compose(*SMALL, f"trainer.max_epochs={epochs}", f"trainer.limit_train_batches={batches}", *overrides,
-                  output_dir=tmp_path)
+    cfg = compose(
+        *SMALL,
+        f"trainer.max_epochs={epochs}",
+        f"trainer.limit_train_batches={batches}",
+        *overrides,
+        output_dir=tmp_path,
+    )
     torch.manual_seed(0)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     logger = MemoryLogger()
@@ -206,7 +231,7 @@ def momentum_at(epoch: int, s: Settings) -> float:
 
 def lr_at(lr0: float, n: int, s: Settings) -> float:
     """The lr of update n + 1: lr0 / decay^n, floored at min_lr (the paper's SGD); Adam's is constant."""
-    return max(lr0 / s.lr_decay ** n, s.min_lr) if s.optimizer == "momentum" else lr0
+    return max(lr0 / s.lr_decay**n, s.min_lr) if s.optimizer == "momentum" else lr0
 
 
 def update(state: dict, grad: torch.Tensor, lr0: float, n: int, mu: float, s: Settings) -> torch.Tensor:
@@ -243,8 +268,10 @@ def check(what: str, actual, expected, tol=TOL):
     actual, expected = torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
     scale = max(float(expected.abs().max()), 1e-12)
     if float((actual - expected).abs().max()) > tol * scale:
-        raise Mismatch(f"{what}: got {actual.flatten()[:4].tolist()}, expected {expected.flatten()[:4].tolist()} "
-                       f"(max rel. diff {float((actual - expected).abs().max()) / scale:.3g})")
+        raise Mismatch(
+            f"{what}: got {actual.flatten()[:4].tolist()}, expected {expected.flatten()[:4].tolist()} "
+            f"(max rel. diff {float((actual - expected).abs().max()) / scale:.3g})"
+        )
 
 
 def replay(module, events, rows, s: Settings) -> None:
@@ -259,7 +286,7 @@ def replay(module, events, rows, s: Settings) -> None:
         assert rows[written:after] == [] or [kind for kind, _ in rows[written:after]] == ["step"]
         row = rows[written][1] if after > written else None  # None: a batch trainer.log_every_n_steps skips
         epoch, real = events[start][1]
-        span = events[start + 1:end + 1]
+        span = events[start + 1 : end + 1]
         names = [name for name, _ in span]
         noise = [v for n, v in span if n == "noise"]
         d_in = [v for n, v in span if n == "d_in"]
@@ -280,8 +307,10 @@ def replay(module, events, rows, s: Settings) -> None:
             if std == 0:
                 check(f"batch {b + 1}: D's {name} input", x, clean, tol=1e-5)
             elif abs(float(added.std()) - std) > 0.05 * std or abs(float(added.mean())) > 0.05 * std:
-                raise Mismatch(f"batch {b + 1}: instance noise on D's {name} input has std {float(added.std()):.4f}, "
-                               f"expected {std:.4f}")
+                raise Mismatch(
+                    f"batch {b + 1}: instance noise on D's {name} input has std {float(added.std()):.4f}, "
+                    f"expected {std:.4f}"
+                )
         d_ref = float64_net(module.discriminator, d_pre["D"])
         loss, d_real, d_fake, r1 = d_objective(d_ref, real_in, fake_in, s)
         grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(d_ref.parameters()))])
@@ -310,8 +339,10 @@ def replay(module, events, rows, s: Settings) -> None:
             if std == 0:
                 check(f"batch {b + 1}: D's input in G's step", g_in, generated.detach(), tol=1e-5)
             elif abs(float(added.std()) - std) > 0.05 * std or abs(float(added.mean())) > 0.05 * std:
-                raise Mismatch(f"batch {b + 1}: instance noise on D's input in G's step has std "
-                               f"{float(added.std()):.4f}, expected {std:.4f}")
+                raise Mismatch(
+                    f"batch {b + 1}: instance noise on D's input in G's step has std "
+                    f"{float(added.std()):.4f}, expected {std:.4f}"
+                )
             p_fake = torch.sigmoid(float64_net(module.discriminator, d_weights)(generated + added))
             g_loss = g_objective(p_fake, s)
             g_grad = torch.cat([g.flatten() for g in torch.autograd.grad(g_loss, list(g_ref.parameters()))])
@@ -323,8 +354,14 @@ def replay(module, events, rows, s: Settings) -> None:
         # G's loss and gradient norm at its latest update, on D-only batches too (k > 1); none before the first.
         expected_row.update(latest_g)
         # Counters, and D's lr for its next update and its momentum, as logged after the batch.
-        expected_row.update({"train/d_updates": updates["D"], "train/g_updates": updates["G"], "train/momentum": mu,
-                             "train/lr": lr_at(s.d_lr, updates["D"], s)})
+        expected_row.update(
+            {
+                "train/d_updates": updates["D"],
+                "train/g_updates": updates["G"],
+                "train/momentum": mu,
+                "train/lr": lr_at(s.d_lr, updates["D"], s),
+            }
+        )
         if row is not None:
             check_row(f"batch {b + 1}", row, expected_row)
     # The epoch's row holds its last batch's values.
@@ -350,27 +387,40 @@ CASES = {
     "minimax": (["loss=minimax"], {}, Settings(generator_loss="minimax")),
     "r1_gamma": (["stabilisers.r1_gamma=3.0"], {}, Settings(r1_gamma=3.0)),
     "r1_off": (["stabilisers.r1_gamma=null"], {}, Settings(r1_gamma=0.0)),
-    "instance_noise": (["stabilisers.instance_noise_std=0.3", "stabilisers.instance_noise_anneal_updates=2"],
-                       {"batches": 3}, Settings(noise_std=0.3, noise_anneal=2)),
+    "instance_noise": (
+        ["stabilisers.instance_noise_std=0.3", "stabilisers.instance_noise_anneal_updates=2"],
+        {"batches": 3},
+        Settings(noise_std=0.3, noise_anneal=2),
+    ),
     "d_lr": (["optimizer.d_lr=0.03"], {}, Settings(d_lr=0.03)),
     "g_lr": (["optimizer.g_lr=0.02"], {}, Settings(g_lr=0.02)),
     "lr": (["optimizer.lr=0.04"], {}, Settings(d_lr=0.04, g_lr=0.04)),
     "lr_decay": (["optimizer.lr_decay=1.5"], {"batches": 3}, Settings(lr_decay=1.5)),
     "min_lr": (["optimizer.lr_decay=10", "optimizer.min_lr=0.05"], {"batches": 3}, Settings(lr_decay=10, min_lr=0.05)),
     "momentum_start": (["optimizer.momentum_start=0.2"], {"batches": 3}, Settings(momentum_start=0.2)),
-    "momentum_end": (["optimizer.momentum_end=0.9", "optimizer.momentum_saturate_epoch=2"], {"batches": 2, "epochs": 2},
-                     Settings(momentum_end=0.9, momentum_saturate_epoch=2)),
+    "momentum_end": (
+        ["optimizer.momentum_end=0.9", "optimizer.momentum_saturate_epoch=2"],
+        {"batches": 2, "epochs": 2},
+        Settings(momentum_end=0.9, momentum_saturate_epoch=2),
+    ),
     "max_col_norm": (["model.max_col_norm=0.3"], {}, Settings(max_col_norm=0.3)),
     "k": (["k=2"], {"batches": 4}, Settings(k=2)),
     "simultaneous": (["schedule=simultaneous"], {}, Settings(schedule="simultaneous")),
-    "adam": (["optimizer=adam", "optimizer.lr=0.01", "optimizer.betas=[0.3,0.9]"], {"batches": 3},
-             Settings(optimizer="adam", d_lr=0.01, g_lr=0.01, betas=(0.3, 0.9))),
+    "adam": (
+        ["optimizer=adam", "optimizer.lr=0.01", "optimizer.betas=[0.3,0.9]"],
+        {"batches": 3},
+        Settings(optimizer="adam", d_lr=0.01, g_lr=0.01, betas=(0.3, 0.9)),
+    ),
     # Logged batches without a G update show G's latest update, not one many steps back.
     "log_every": (["k=3", "trainer.log_every_n_steps=2"], {"batches": 10}, Settings(k=3)),
 }
 # The default setting of each case's option, for the replay that must not match.
-DEFAULT_OF = {"lr": Settings(), "min_lr": Settings(lr_decay=10), "momentum_end": Settings(momentum_saturate_epoch=2),
-              "adam": Settings(optimizer="adam", d_lr=0.01, g_lr=0.01)}  # Adam's default betas
+DEFAULT_OF = {
+    "lr": Settings(),
+    "min_lr": Settings(lr_decay=10),
+    "momentum_end": Settings(momentum_saturate_epoch=2),
+    "adam": Settings(optimizer="adam", d_lr=0.01, g_lr=0.01),
+}  # Adam's default betas
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -398,26 +448,37 @@ def test_the_settings_replayed_here_are_the_composed_defaults():
     cfg = compose(*SMALL)
     s = Settings()
     assert (s.real_label, s.d_scale, s.generator_loss) == (cfg.loss.real_label, cfg.loss.d_scale, cfg.loss.generator)
-    assert (s.r1_gamma, s.noise_anneal, s.k, s.schedule) == (cfg.stabilisers.r1_gamma,
-                                                             cfg.stabilisers.instance_noise_anneal_updates, cfg.k,
-                                                             cfg.schedule)
+    assert (s.r1_gamma, s.noise_anneal, s.k, s.schedule) == (
+        cfg.stabilisers.r1_gamma,
+        cfg.stabilisers.instance_noise_anneal_updates,
+        cfg.k,
+        cfg.schedule,
+    )
     assert cfg.stabilisers.instance_noise_std is None and cfg.model.max_col_norm is None
     opt = cfg.optimizer
     assert (s.d_lr, s.g_lr, s.lr_decay, s.min_lr) == (opt.d_lr, opt.g_lr, opt.lr_decay, opt.min_lr)
     assert (s.momentum_start, s.momentum_end, s.momentum_saturate_epoch) == (
-        opt.momentum_start, opt.momentum_end, opt.momentum_saturate_epoch)
+        opt.momentum_start,
+        opt.momentum_end,
+        opt.momentum_saturate_epoch,
+    )
 
 
-@pytest.mark.parametrize("schedule, k, batches, decay, rampup", [("alternating", 2, 4, 0.5, None),
-                                                                   ("simultaneous", 1, 2, 0.5, None),
-                                                                   ("alternating", 1, 3, 0.9, 0.5)])
+@pytest.mark.parametrize(
+    "schedule, k, batches, decay, rampup",
+    [("alternating", 2, 4, 0.5, None), ("simultaneous", 1, 2, 0.5, None), ("alternating", 1, 3, 0.9, 0.5)],
+)
 def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches, decay, rampup):
     """model.ema_decay (and ema_rampup): the EMA starts at G's weights as the fit starts (after G's output bias is
     set from the data), is left alone by every D step, and after G's n-th update (only then) becomes
     beta_n EMA + (1 - beta_n) G, with G as that update left it: beta_n = decay without a ramp-up, else
     0.5^(1 / min(h, rampup n)), h = ln(1/2) / ln(decay) the half-life at full horizon."""
-    overrides = [f"model.ema_decay={decay}", f"model.ema_rampup={'null' if rampup is None else rampup}",
-                 f"schedule={schedule}", f"k={k}"]
+    overrides = [
+        f"model.ema_decay={decay}",
+        f"model.ema_rampup={'null' if rampup is None else rampup}",
+        f"schedule={schedule}",
+        f"k={k}",
+    ]
     _, events, _ = fits(f"ema_{schedule}_{k}_{rampup}", overrides, batches=batches)
     start = events[0][1]
     bias = [n for n in start["G"] if n.endswith("bias")][-1]  # the output layer's
@@ -432,7 +493,9 @@ def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches
         if name == "end":
             if events[i - 1][0] == "G_post":
                 g_updates += 1
-                beta = decay if rampup is None else 0.5 ** (1 / min(math.log(0.5) / math.log(decay), rampup * g_updates))
+                beta = (
+                    decay if rampup is None else 0.5 ** (1 / min(math.log(0.5) / math.log(decay), rampup * g_updates))
+                )
                 expected = beta * expected + (1 - beta) * flat(value["G"])
             assert torch.allclose(flat(value["EMA"]), expected, rtol=0, atol=1e-6), (i, g_updates)
             expected = flat(value["EMA"])  # go on from the float32 average, bit for bit
@@ -444,16 +507,25 @@ def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches
 RESUME_CHANGES = {
     "dataset.name": ["dataset.name=tfd"],
     "dataset.shape": ["dataset.shape=[1,14,14]"],
-    "model": ["model.noise_dim=7", "model.noise=normal", "model.max_col_norm=2.0", "model.ema_decay=0.5",
-              "model.discriminator.hidden_dropout=0.5",
-              "model.generator.layers=[{units:13,activation:relu,irange:0.5}]"],
+    "model": [
+        "model.noise_dim=7",
+        "model.noise=normal",
+        "model.max_col_norm=2.0",
+        "model.ema_decay=0.5",
+        "model.discriminator.hidden_dropout=0.5",
+        "model.generator.layers=[{units:13,activation:relu,irange:0.5}]",
+    ],
     "loss": ["loss=minimax", "loss.real_label=0.9", "loss.d_scale=1.0"],
     "k": ["k=2"],
     "schedule": ["schedule=simultaneous"],
     "seed": ["seed=1"],
     "optimizer.name": ["optimizer=adam"],
-    "stabilisers": ["stabilisers.r1_gamma=1.0", "stabilisers.r1_gamma=null", "stabilisers.instance_noise_std=0.1",
-                    "stabilisers.instance_noise_anneal_updates=10"],
+    "stabilisers": [
+        "stabilisers.r1_gamma=1.0",
+        "stabilisers.r1_gamma=null",
+        "stabilisers.instance_noise_std=0.1",
+        "stabilisers.instance_noise_anneal_updates=10",
+    ],
 }
 
 
@@ -463,8 +535,16 @@ def checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     cfg = compose(*SMALL, output_dir=tmp)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu", default_root_dir=tmp)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp,
+    )
     trainer.fit(module, datamodule=TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed))
     trainer.save_checkpoint(tmp / "last.ckpt")
     return tmp / "last.ckpt"
@@ -489,20 +569,42 @@ def test_resume_with_another_experiment_setting_is_refused_in_one_line(checkpoin
     assert message.endswith("; resume it with the same settings")
 
 
-@pytest.mark.parametrize("override", [None, "trainer.max_epochs=5", "model.compile=true", "callbacks.collapse.stop=true",
-                                      "parzen.val_samples=100", "test_after_fit=false"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        None,
+        "trainer.max_epochs=5",
+        "model.compile=true",
+        "callbacks.collapse.stop=true",
+        "parzen.val_samples=100",
+        "test_after_fit=false",
+    ],
+)
 def test_resume_with_the_same_experiment_is_accepted(checkpoint, override):
     from advnets.checkpoints import check_resume
 
-    assert check_resume(compose(*SMALL, f"ckpt_path={checkpoint}", *([override] if override else []))) == str(checkpoint)
+    assert check_resume(compose(*SMALL, f"ckpt_path={checkpoint}", *([override] if override else []))) == str(
+        checkpoint
+    )
 
 
 # --- evaluation: each per-epoch and final metric reads the rows and the sizes its options name ------------------
-EVAL = ["trainer.limit_val_batches=null", "quality.features=auto", "model.ema_decay=0.5", "model.ema_rampup=null",
-        "parzen.val_samples=150",
-        "parzen.test_samples=130", "dataset.parzen_val_select=40", "dataset.parzen_val_points=60",
-        "dataset.parzen_select=70", "quality.val_samples=300", "quality.test_samples=250",
-        "quality.val_kid_subsets=3", "quality.kid_subsets=4", "quality.kid_subset_size=50"]
+EVAL = [
+    "trainer.limit_val_batches=null",
+    "quality.features=auto",
+    "model.ema_decay=0.5",
+    "model.ema_rampup=null",
+    "parzen.val_samples=150",
+    "parzen.test_samples=130",
+    "dataset.parzen_val_select=40",
+    "dataset.parzen_val_points=60",
+    "dataset.parzen_select=70",
+    "quality.val_samples=300",
+    "quality.test_samples=250",
+    "quality.val_kid_subsets=3",
+    "quality.kid_subsets=4",
+    "quality.kid_subset_size=50",
+]
 
 
 @pytest.fixture(scope="module")
@@ -523,8 +625,11 @@ def evaluated(tmp_path_factory):
     datamodule = TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed)
     calls = {"parzen": [], "real": [], "fake": []}
     stage = lambda: "test" if trainer.testing else "val"  # noqa: E731
-    real_protocol, real_update_real, real_update_fake = (parzen.parzen_protocol, SampleQuality.update_real,
-                                                         SampleQuality.update_fake)
+    real_protocol, real_update_real, real_update_fake = (
+        parzen.parzen_protocol,
+        SampleQuality.update_real,
+        SampleQuality.update_fake,
+    )
 
     def protocol(centres, select, test, **kwargs):
         calls["parzen"].append((stage(), centres.clone(), select.clone(), test.clone()))
@@ -561,8 +666,12 @@ def test_parzen_metrics_read_their_rows_and_sizes(evaluated):
     module, splits, calls, logged = evaluated
     valid, test = splits["valid"], splits["test"]
     rows = {"val": (valid[:40], valid[40:100]), "test": (valid[:70], test)}
-    assert [(stage, len(c)) for stage, c, _, _ in calls["parzen"]] == [("val", 150), ("val", 150), ("test", 130),
-                                                                       ("test", 130)]
+    assert [(stage, len(c)) for stage, c, _, _ in calls["parzen"]] == [
+        ("val", 150),
+        ("val", 150),
+        ("test", 130),
+        ("test", 130),
+    ]
     for (stage, centres, select, scored), which in zip(calls["parzen"], ["raw", "ema", "raw", "ema"]):
         assert torch.equal(select, rows[stage][0].flatten(1)) and torch.equal(scored, rows[stage][1].flatten(1))
         n = len(centres)
@@ -608,14 +717,19 @@ def test_quality_metrics_read_their_split_and_sizes(evaluated):
     assert torch.equal(calls["fake"][0][1][:150].flatten(1), calls["parzen"][0][1])
     classifier = load_mnist_classifier()
     with torch.no_grad():
-        features = {name: classifier.features_and_logits(x)[0] for name, x in
-                    (("valid", splits["valid"]), ("test", splits["test"]))}
+        features = {
+            name: classifier.features_and_logits(x)[0]
+            for name, x in (("valid", splits["valid"]), ("test", splits["test"]))
+        }
         for (stage, fake), which in zip(calls["fake"], ["raw", "ema", "raw", "ema"]):
             right, wrong = ("valid", "test") if stage == "val" else ("test", "valid")
             expected = frechet_distance(features[right], classifier.features_and_logits(fake)[0])
             key = f"{stage}/fid" if which == "raw" else f"{stage}/ema_fid"
             assert logged[key] == pytest.approx(expected, rel=1e-3), key
-            assert abs(frechet_distance(features[wrong], classifier.features_and_logits(fake)[0]) - expected) > 1e-2 * expected
+            assert (
+                abs(frechet_distance(features[wrong], classifier.features_and_logits(fake)[0]) - expected)
+                > 1e-2 * expected
+            )
     quality = module.evaluation.quality
     assert (quality["val"].kid.subsets, quality["test"].kid.subsets) == (3, 4)
     result = module.evaluation.last_quality["raw"]
@@ -671,9 +785,17 @@ def train_py(data_dir, tmp_path, *overrides):
     spec = importlib.util.spec_from_file_location("advnets_train_script", REPO / "src" / "train.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    cfg = compose(*[o for o in SMALL if not o.startswith("logger=")], "logger=csv", f"paths.data_dir={data_dir}",
-                  "test_after_fit=false", "trainer.limit_train_batches=2", "dataset.batch_size=50",
-                  "callbacks.extra=[{_target_:test_wiring.MonitorSpy}]", *overrides, output_dir=tmp_path)
+    cfg = compose(
+        *[o for o in SMALL if not o.startswith("logger=")],
+        "logger=csv",
+        f"paths.data_dir={data_dir}",
+        "test_after_fit=false",
+        "trainer.limit_train_batches=2",
+        "dataset.batch_size=50",
+        "callbacks.extra=[{_target_:test_wiring.MonitorSpy}]",
+        *overrides,
+        output_dir=tmp_path,
+    )
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         script.train(cfg)
@@ -694,12 +816,23 @@ def test_collapse_options_reach_the_monitor_train_py_builds(data_dir, tmp_path, 
     marked at epoch 1, and training goes on. train/epoch_d_real and _d_fake are the means of the epoch's
     logged train/d_real and train/d_fake, and train/collapsed follows the rule on them."""
     if case == "stop_after_two":
-        overrides = ["callbacks.collapse.d_real_above=0.0", "callbacks.collapse.d_fake_below=1.0",
-                     "callbacks.collapse.epochs=2", "callbacks.collapse.stop=true", "trainer.max_epochs=3"]
+        overrides = [
+            "callbacks.collapse.d_real_above=0.0",
+            "callbacks.collapse.d_fake_below=1.0",
+            "callbacks.collapse.epochs=2",
+            "callbacks.collapse.stop=true",
+            "trainer.max_epochs=3",
+        ]
         threshold, marked, epochs_run = 0.0, 2, 2
     else:
-        overrides = ["loss.real_label=0.5", "callbacks.collapse.d_real_above=0.5", "callbacks.collapse.d_fake_below=1.0",
-                     "callbacks.collapse.epochs=1", "callbacks.collapse.stop=false", "trainer.max_epochs=2"]
+        overrides = [
+            "loss.real_label=0.5",
+            "callbacks.collapse.d_real_above=0.5",
+            "callbacks.collapse.d_fake_below=1.0",
+            "callbacks.collapse.epochs=1",
+            "callbacks.collapse.stop=false",
+            "trainer.max_epochs=2",
+        ]
         threshold, marked, epochs_run = 0.25, 1, 2
     monitor, rows = train_py(data_dir, tmp_path, *overrides)
     assert monitor.d_real_above == pytest.approx(threshold) and monitor.d_fake_below == 1.0
@@ -755,9 +888,13 @@ class DrawRecorder(pl.Callback):
         next(m for m in module.discriminator.modules() if isinstance(m, torch.nn.Dropout)).register_forward_hook(mask)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.current = self.draws[trainer.current_epoch + 1, batch_idx] = {"z": [], "instance_noise": [], "mask": None,
-                                                                           "shape": tuple(batch.shape),
-                                                                           "batch": batch.clone()}
+        self.current = self.draws[trainer.current_epoch + 1, batch_idx] = {
+            "z": [],
+            "instance_noise": [],
+            "mask": None,
+            "shape": tuple(batch.shape),
+            "batch": batch.clone(),
+        }
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.current = None
@@ -805,9 +942,15 @@ def test_each_batch_draws_from_its_seed_and_a_resumed_run_draws_the_same(tmp_pat
     """Instance noise (std 0.2, annealed over 10^6 G updates: 0.2 x (1 - g / 10^6)) and dropout (input 0.2) on.
     An uninterrupted epoch of 4 batches, and a run resumed from the checkpoint saved after its batch 2: every batch
     of both draws what expected_draws computes from (seed 3, rank 0, epoch, batch) alone."""
-    overrides = ["seed=3", "stabilisers.instance_noise_std=0.2", "stabilisers.instance_noise_anneal_updates=1000000",
-                 "model.discriminator.input_dropout=0.2", "model.discriminator.hidden_dropout=0.5",
-                 "trainer.max_epochs=1", "trainer.limit_train_batches=4"]
+    overrides = [
+        "seed=3",
+        "stabilisers.instance_noise_std=0.2",
+        "stabilisers.instance_noise_anneal_updates=1000000",
+        "model.discriminator.input_dropout=0.2",
+        "model.discriminator.hidden_dropout=0.5",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+    ]
     cfg = compose(*SMALL, *overrides, output_dir=tmp_path)
     runs = {}
     for name, ckpt in (("straight", None), ("resumed", tmp_path / "mid.ckpt")):
@@ -816,10 +959,15 @@ def test_each_batch_draws_from_its_seed_and_a_resumed_run_draws_the_same(tmp_pat
         recorder = DrawRecorder()
         callbacks = [recorder] + ([SaveAt(tmp_path / "mid.ckpt", 1)] if ckpt is None else [])
         trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
-        trainer = pl.Trainer(**{**trainer_args, "default_root_dir": tmp_path / name}, logger=False, callbacks=callbacks,
-                             enable_checkpointing=False)
-        trainer.fit(module, datamodule=TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed),
-                    ckpt_path=ckpt)
+        trainer = pl.Trainer(
+            **{**trainer_args, "default_root_dir": tmp_path / name},
+            logger=False,
+            callbacks=callbacks,
+            enable_checkpointing=False,
+        )
+        trainer.fit(
+            module, datamodule=TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed), ckpt_path=ckpt
+        )
         runs[name] = (recorder.draws, module.g_updates)
     assert sorted(runs["straight"][0]) == [(1, 0), (1, 1), (1, 2), (1, 3)]
     assert sorted(runs["resumed"][0]) == [(1, 2), (1, 3)] and runs["resumed"][1] == runs["straight"][1] == 4
@@ -828,7 +976,10 @@ def test_each_batch_draws_from_its_seed_and_a_resumed_run_draws_the_same(tmp_pat
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(3 * 1_000_003 + 0))
     for name, (draws, _) in runs.items():
         for (epoch, batch_idx), got in draws.items():
-            assert torch.equal(got["batch"], train[order[batch_idx * BATCH:(batch_idx + 1) * BATCH]]), (name, batch_idx)
+            assert torch.equal(got["batch"], train[order[batch_idx * BATCH : (batch_idx + 1) * BATCH]]), (
+                name,
+                batch_idx,
+            )
             std = 0.2 * (1 - batch_idx / 1_000_000)  # G updates before this batch: batch_idx (k = 1)
             expected = expected_draws(3, 0, epoch, batch_idx, got["shape"], 6, std, 0.2)
             assert_draws(got, expected, (name, epoch, batch_idx))
@@ -840,9 +991,16 @@ def test_each_batch_draws_from_its_seed_and_a_resumed_run_draws_the_same(tmp_pat
         assert not torch.equal(got["mask"], expected["mask"])
 
 
-@pytest.mark.parametrize("max_time, seconds", [(None, None), ("01:02:03:04", 93784.0), ("00:00:00:01", 1.0),
-                                               ({"days": 1, "hours": 2, "minutes": 3, "seconds": 4}, 93784.0),
-                                               ({"weeks": 1, "minutes": 0.5}, 604830.0)])
+@pytest.mark.parametrize(
+    "max_time, seconds",
+    [
+        (None, None),
+        ("01:02:03:04", 93784.0),
+        ("00:00:00:01", 1.0),
+        ({"days": 1, "hours": 2, "minutes": 3, "seconds": 4}, 93784.0),
+        ({"weeks": 1, "minutes": 0.5}, 604830.0),
+    ],
+)
 def test_max_time_in_seconds(max_time, seconds):
     """trainer.max_time as the preemption handler reads it: DD:HH:MM:SS, or a dict of units."""
     from advnets.guards import parse_max_time

@@ -22,8 +22,17 @@ def check_ckpt_path(ckpt_path) -> Path:
 
 
 # What makes two runs the same experiment: a checkpoint of another one is refused.
-EXPERIMENT_KEYS = ("dataset.name", "dataset.shape", "model", "loss", "k", "schedule", "seed", "stabilisers",
-                   "optimizer.name")
+EXPERIMENT_KEYS = (
+    "dataset.name",
+    "dataset.shape",
+    "model",
+    "loss",
+    "k",
+    "schedule",
+    "seed",
+    "stabilisers",
+    "optimizer.name",
+)
 
 
 def experiment(config: dict | DictConfig) -> dict[str, Any]:
@@ -68,8 +77,11 @@ def experiment_mismatch(ckpt: dict, config: dict | DictConfig) -> str | None:
 
 def find_last_checkpoint(log_dir: Path, config: dict | DictConfig) -> Path:
     """The newest last.ckpt under `log_dir` written by a run of the same experiment."""
-    candidates = sorted((p for p in log_dir.glob("**/checkpoints/last.ckpt") if p.exists()),  # skip dangling links
-                        key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted(
+        (p for p in log_dir.glob("**/checkpoints/last.ckpt") if p.exists()),  # skip dangling links
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for path in candidates:
         try:
             if experiment_mismatch(load_checkpoint(path), config) is None:
@@ -77,8 +89,9 @@ def find_last_checkpoint(log_dir: Path, config: dict | DictConfig) -> Path:
         except UserError:
             continue
     others = f" ({len(candidates)} found, of other experiments or unreadable)" if candidates else ""
-    raise UserError(f"ckpt_path=last: no last.ckpt of this experiment under {log_dir}{others}; "
-                    f"give ckpt_path=<path to a .ckpt>")
+    raise UserError(
+        f"ckpt_path=last: no last.ckpt of this experiment under {log_dir}{others}; give ckpt_path=<path to a .ckpt>"
+    )
 
 
 def check_resume(cfg: DictConfig) -> str | None:

@@ -15,13 +15,25 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # settings a resumed checkpoint must share):
 # - NOT_IN_RUN_NAME: where a run reads and writes and how it reaches W&B. Left out of the run's name (Hydra's
 #   override_dirname: the W&B run name, report.py's labels): conf/hydra/default.yaml's exclude_keys reads it.
-NOT_IN_RUN_NAME = ("ckpt_path", "paths.data_dir", "paths.log_dir", "hydra.run.dir", "hydra.sweep.dir",
-                   "logger.wandb.mode", "logger.wandb.group")
+NOT_IN_RUN_NAME = (
+    "ckpt_path",
+    "paths.data_dir",
+    "paths.log_dir",
+    "hydra.run.dir",
+    "hydra.sweep.dir",
+    "logger.wandb.mode",
+    "logger.wandb.group",
+)
 # - NOT_A_SETTING: the seed, and what leaves the training up to a given epoch as it is (how long a run goes, what
 #   it saves or shows, whether a collapsed run stops). report.py counts runs whose names differ only in these as
 #   seeds of one setting, so a 30-epoch run and a 15-epoch run of the same settings are seeds of one row.
-NOT_A_SETTING = ("seed", "trainer.max_epochs", "trainer.enable_progress_bar", "callbacks.checkpoint",
-                 "callbacks.collapse.stop")
+NOT_A_SETTING = (
+    "seed",
+    "trainer.max_epochs",
+    "trainer.enable_progress_bar",
+    "callbacks.checkpoint",
+    "callbacks.collapse.stop",
+)
 
 for _name, _resolve in (("repo_root", lambda: str(REPO_ROOT)), ("not_in_run_name", lambda: list(NOT_IN_RUN_NAME))):
     if not OmegaConf.has_resolver(_name):
@@ -57,8 +69,10 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"k must be an integer >= 1 (discriminator steps per generator step), got {cfg.k!r}")
     check_choice("schedule", cfg.schedule, SCHEDULES)
     if cfg.schedule == "simultaneous" and cfg.k != 1:  # the step would ignore k: a k sweep of identical runs
-        raise UserError(f"schedule=simultaneous makes one D and one G update per minibatch, so k must be 1 there, got "
-                        f"k={cfg.k}; k D-steps per G-step is Algorithm 1: schedule=alternating")
+        raise UserError(
+            f"schedule=simultaneous makes one D and one G update per minibatch, so k must be 1 there, got "
+            f"k={cfg.k}; k D-steps per G-step is Algorithm 1: schedule=alternating"
+        )
     check_choice("model.name", cfg.model.name, NETS)
     check_choice("model.noise", cfg.model.noise, NOISES)
     check_choice("loss.generator", cfg.loss.generator, GENERATOR_LOSSES)
@@ -81,10 +95,14 @@ def check_additions(cfg: DictConfig) -> None:
         raise UserError(f"stabilisers.r1_gamma must be > 0 (null: off), got {stabilisers.r1_gamma}")
     if stabilisers.instance_noise_std is not None:
         if float(stabilisers.instance_noise_std) <= 0:
-            raise UserError(f"stabilisers.instance_noise_std must be > 0 (null: off), got {stabilisers.instance_noise_std}")
+            raise UserError(
+                f"stabilisers.instance_noise_std must be > 0 (null: off), got {stabilisers.instance_noise_std}"
+            )
         if int(stabilisers.instance_noise_anneal_updates) < 1:
-            raise UserError("stabilisers.instance_noise_anneal_updates must be >= 1, "
-                            f"got {stabilisers.instance_noise_anneal_updates}")
+            raise UserError(
+                "stabilisers.instance_noise_anneal_updates must be >= 1, "
+                f"got {stabilisers.instance_noise_anneal_updates}"
+            )
     real_label = float(cfg.loss.real_label)
     if not 0.5 < real_label <= 1.0:
         raise UserError(f"loss.real_label must be in (0.5, 1] (1: no label smoothing), got {real_label}")
@@ -97,8 +115,10 @@ def check_additions(cfg: DictConfig) -> None:
         if not isinstance(anneal, int) or anneal < 1:
             raise UserError(f"optimizer.anneal_epochs must be an integer >= 1 (null: no anneal), got {anneal!r}")
         if max_epochs < anneal:
-            raise UserError(f"optimizer.anneal_epochs={anneal} anneals over the last epochs of trainer.max_epochs, "
-                            f"which is {max_epochs}: set trainer.max_epochs >= {anneal}")
+            raise UserError(
+                f"optimizer.anneal_epochs={anneal} anneals over the last epochs of trainer.max_epochs, "
+                f"which is {max_epochs}: set trainer.max_epochs >= {anneal}"
+            )
     rampup = cfg.model.get("ema_rampup")
     if rampup is not None and float(rampup) <= 0:
         raise UserError(f"model.ema_rampup must be > 0 (null: no ramp-up), got {rampup}")
@@ -117,10 +137,14 @@ def check_devices(trainer_cfg: DictConfig) -> None:
     instead = "trainer=ddp_cpu" if "ddp" in str(trainer_cfg.get("strategy")) else "trainer=cpu"
     found = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not found:
-        raise UserError(f"{asked} asks for a GPU, but this machine has none that torch can use "
-                        f"(torch.cuda.is_available() is False): use {instead}, or trainer=default (a GPU when there "
-                        f"is one, else the CPU)")
+        raise UserError(
+            f"{asked} asks for a GPU, but this machine has none that torch can use "
+            f"(torch.cuda.is_available() is False): use {instead}, or trainer=default (a GPU when there "
+            f"is one, else the CPU)"
+        )
     devices = trainer_cfg.get("devices")
     if isinstance(devices, int) and devices > found:
-        raise UserError(f"trainer.devices={devices} asks for {devices} GPUs, but this machine has {found}: "
-                        f"use trainer.devices={found} (or -1: every GPU)")
+        raise UserError(
+            f"trainer.devices={devices} asks for {devices} GPUs, but this machine has {found}: "
+            f"use trainer.devices={found} (or -1: every GPU)"
+        )

@@ -91,8 +91,9 @@ def user_errors(run_folder: Path | None = None, log_dir: Path | None = None) -> 
         sys.exit(e.exit_code)
     except Preempted as e:
         if e.ckpt is None:  # stopped before the first checkpoint: nothing to resume
-            print(f"{e} before the first checkpoint was saved: nothing to resume; run the command again",
-                  file=sys.stderr)
+            print(
+                f"{e} before the first checkpoint was saved: nothing to resume; run the command again", file=sys.stderr
+            )
         else:
             print(f"{e}: checkpoint saved to {e.ckpt}; resume with:\n  {resume_command(e.ckpt)}", file=sys.stderr)
         sys.exit(e.exit_code)

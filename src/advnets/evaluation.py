@@ -61,8 +61,9 @@ class Evaluation:
 
 
 def evaluate(cfg: DictConfig) -> Evaluation:
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    device = torch.device(
+        "cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu" if cfg.device == "auto" else cfg.device
+    )
     module = path = None
     if cfg.reference is None:
         from advnets.module import GAN  # Lightning: only for a checkpoint
@@ -71,9 +72,11 @@ def evaluate(cfg: DictConfig) -> Evaluation:
         module = GAN.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
         run_cfg = module.hparams["config"]
         if run_cfg["dataset"].get("evaluation", "images") != "images":
-            raise UserError(f"{path} is a run on dataset={run_cfg['dataset']['name']}: eval.py gives Table 1 for image "
-                            f"data; that run's measures (JSD, C(G), E|D - D*|) are the test/* rows of its "
-                            f"csv/version_N/metrics.csv (docs/theory.md)")
+            raise UserError(
+                f"{path} is a run on dataset={run_cfg['dataset']['name']}: eval.py gives Table 1 for image "
+                f"data; that run's measures (JSD, C(G), E|D - D*|) are the test/* rows of its "
+                f"csv/version_N/metrics.csv (docs/theory.md)"
+            )
         dataset_cfg = rebase_paths(run_cfg["dataset"], run_cfg["paths"]["data_dir"], cfg.paths.data_dir)
     elif cfg.reference in REFERENCES:
         dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -84,41 +87,74 @@ def evaluate(cfg: DictConfig) -> Evaluation:
     features = features_for(cfg.quality.features, name)
     quality = None
     if features is not None:
-        quality = SampleQuality(build_extractor(features, cfg.quality.inception_weights),
-                                int(cfg.quality.kid_subsets), int(cfg.quality.kid_subset_size),
-                                seed=int(cfg.seed)).to(device)
+        quality = SampleQuality(
+            build_extractor(features, cfg.quality.inception_weights),
+            int(cfg.quality.kid_subsets),
+            int(cfg.quality.kid_subset_size),
+            seed=int(cfg.seed),
+        ).to(device)
 
     n, seed = int(cfg.n_samples), int(cfg.seed)
     splits = load_splits(dataset_cfg, seed)
     true_data = splits["train"][torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(seed))[:n]]
     if module is None:
-        sets = {"true_data": ("True data (training images as centres)", true_data)} if cfg.reference == "true_data" else {
-            "kmeans": (f"k-means centroids of the training images (k = {n:,})",
-                       kmeans_centroids(splits["train"].to(device), n, int(cfg.kmeans_iterations), seed))}
+        sets = (
+            {"true_data": ("True data (training images as centres)", true_data)}
+            if cfg.reference == "true_data"
+            else {
+                "kmeans": (
+                    f"k-means centroids of the training images (k = {n:,})",
+                    kmeans_centroids(splits["train"].to(device), n, int(cfg.kmeans_iterations), seed),
+                )
+            }
+        )
     else:
         # Every generator the checkpoint holds, from the same noise.
-        sets = {which: (f"Adversarial nets (ours, G: {path})" if which == "raw" else
-                        f"Adversarial nets (ours, EMA of G, {ema_description(module.cfg.model)}: {path})",
-                        module.sample(n, torch.Generator(device=device).manual_seed(seed), which=which))
-                for which in module.generators}
+        sets = {
+            which: (
+                f"Adversarial nets (ours, G: {path})"
+                if which == "raw"
+                else f"Adversarial nets (ours, EMA of G, {ema_description(module.cfg.model)}: {path})",
+                module.sample(n, torch.Generator(device=device).manual_seed(seed), which=which),
+            )
+            for which in module.generators
+        }
 
     folds = None
     if name == "tfd":
-        folds = {f: splits if f == int(dataset_cfg.get("fold", 0)) else load_splits({**dataset_cfg, "fold": f}, seed)
-                 for f in [int(f) for f in (cfg.get("folds") or range(5))]}
-    rows = [Row(key, label, parzen_row(images.to(device), splits, dataset_cfg, folds, device))
-            for key, (label, images) in sets.items()]
+        folds = {
+            f: splits if f == int(dataset_cfg.get("fold", 0)) else load_splits({**dataset_cfg, "fold": f}, seed)
+            for f in [int(f) for f in (cfg.get("folds") or range(5))]
+        }
+    rows = [
+        Row(key, label, parzen_row(images.to(device), splits, dataset_cfg, folds, device))
+        for key, (label, images) in sets.items()
+    ]
     references = []
     if quality is not None:
         quality.update_real(splits["test"])
         for row in rows:
             row.quality = quality_of(quality, sets[row.key][1])
         if module is not None:
-            references.append(Row("true_data", f"True data: {len(true_data):,} training images (reference)", None,
-                                  quality_of(quality, true_data)))
-    return Evaluation(name, cfg.reference, None if module is None else str(cfg.ckpt_path), rows, references, features,
-                      module, splits["train"],
-                      float(module.cfg.model.ema_decay) if module is not None and "ema" in sets else None)
+            references.append(
+                Row(
+                    "true_data",
+                    f"True data: {len(true_data):,} training images (reference)",
+                    None,
+                    quality_of(quality, true_data),
+                )
+            )
+    return Evaluation(
+        name,
+        cfg.reference,
+        None if module is None else str(cfg.ckpt_path),
+        rows,
+        references,
+        features,
+        module,
+        splits["train"],
+        float(module.cfg.model.ema_decay) if module is not None and "ema" in sets else None,
+    )
 
 
 def ema_description(model_cfg) -> str:
@@ -139,7 +175,7 @@ def rebase_paths(node, old_root: str, new_root: str):
     if isinstance(node, dict):
         return {k: rebase_paths(v, old_root, new_root) for k, v in node.items()}
     if isinstance(node, str) and old_root and node.startswith(old_root):
-        return new_root + node[len(old_root):]
+        return new_root + node[len(old_root) :]
     return node
 
 
@@ -158,12 +194,21 @@ def parzen_row(centres: Tensor, splits: dict, dataset_cfg: dict, fold_splits: di
         select = splits["valid"] if n_select is None else splits["valid"][: int(n_select)]
         r = parzen_protocol(centres, select.to(device), splits["test"].to(device))
         return {"ll": r.ll, "se": r.se, "sigma": r.sigma, "n_samples": r.n_samples, "n_points": r.n_points}
-    per_fold = {f: parzen_protocol(centres, s["valid"].to(device), s["test"].to(device)) for f, s in fold_splits.items()}
+    per_fold = {
+        f: parzen_protocol(centres, s["valid"].to(device), s["test"].to(device)) for f, s in fold_splits.items()
+    }
     ll, se = over_folds(list(per_fold.values()))
-    fold_report = [{"fold": f, "ll": r.ll, "se": r.se, "sigma": r.sigma, "n_points": r.n_points}
-                   for f, r in per_fold.items()]
-    return {"ll": ll, "se": se, "sigma": [r["sigma"] for r in fold_report], "n_samples": len(centres),
-            "n_points": sum(r["n_points"] for r in fold_report), "folds": fold_report}
+    fold_report = [
+        {"fold": f, "ll": r.ll, "se": r.se, "sigma": r.sigma, "n_points": r.n_points} for f, r in per_fold.items()
+    ]
+    return {
+        "ll": ll,
+        "se": se,
+        "sigma": [r["sigma"] for r in fold_report],
+        "n_samples": len(centres),
+        "n_points": sum(r["n_points"] for r in fold_report),
+        "folds": fold_report,
+    }
 
 
 def load_splits(dataset_cfg: dict, seed: int) -> dict:
@@ -179,12 +224,16 @@ def kmeans_centroids(points: Tensor, k: int, iterations: int, seed: int, chunk: 
     """Lloyd's k-means from k random points, `iterations` rounds; an empty cluster keeps its centroid."""
     flat = points.flatten(1).float()
     if not 1 <= k <= len(flat):
-        raise UserError(f"n_samples must be between 1 and the {len(flat)} training images for reference=kmeans, got {k}")
+        raise UserError(
+            f"n_samples must be between 1 and the {len(flat)} training images for reference=kmeans, got {k}"
+        )
     centroids = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed))[:k].to(flat.device)]
     for _ in range(iterations):
         norms = centroids.square().sum(1)
         # argmin_j ||x - c_j||^2 = argmin_j (||c_j||^2 - 2 x.c_j)
-        nearest = torch.cat([torch.addmm(norms, block, centroids.T, alpha=-2.0).argmin(1) for block in flat.split(chunk)])
+        nearest = torch.cat(
+            [torch.addmm(norms, block, centroids.T, alpha=-2.0).argmin(1) for block in flat.split(chunk)]
+        )
         counts = torch.bincount(nearest, minlength=k)
         sums = torch.zeros_like(centroids).index_add_(0, nearest, flat)
         filled = counts > 0
@@ -193,6 +242,7 @@ def kmeans_centroids(points: Tensor, k: int, iterations: int, seed: int, chunk: 
 
 
 # --- what eval.py prints and writes ------------------------------------------------------------------
+
 
 def parzen_report(ev: Evaluation) -> dict:
     """parzen.json: the first row's figures at the top level, the EMA row under `ema`."""
@@ -206,9 +256,15 @@ def parzen_report(ev: Evaluation) -> dict:
 
 def quality_report(ev: Evaluation) -> dict:
     """quality.json: per row key, the QualityResult and the row's label; the network and the reference images."""
-    return {"dataset": ev.dataset, "features": ev.features, "features_label": LABELS[ev.features],
-            "real_images": "test", "reference": ev.reference, "ckpt_path": ev.ckpt_path,
-            "rows": {r.key: {"label": r.label, **r.quality.as_dict()} for r in ev.rows + ev.references}}
+    return {
+        "dataset": ev.dataset,
+        "features": ev.features,
+        "features_label": LABELS[ev.features],
+        "real_images": "test",
+        "reference": ev.reference,
+        "ckpt_path": ev.ckpt_path,
+        "rows": {r.key: {"label": r.label, **r.quality.as_dict()} for r in ev.rows + ev.references},
+    }
 
 
 def table_1(ev: Evaluation) -> str:
@@ -247,12 +303,19 @@ def quality_table(ev: Evaluation) -> str:
     head = f"| Set | FID | KID (mean ± std over subsets) | {score} |"
     head += " classes covered | KL(classes ‖ uniform) |" if classifier else ""
     head += " Parzen (nats) |"
-    lines = [f"Sample quality on {ev.dataset.upper()}: {first.n_samples:,} images against the {first.n_real:,} test "
-             f"images; {LABELS[ev.features]}.", "", head, "|" + "---|" * (head.count("|") - 1)]
+    lines = [
+        f"Sample quality on {ev.dataset.upper()}: {first.n_samples:,} images against the {first.n_real:,} test "
+        f"images; {LABELS[ev.features]}.",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
     for row in rows:
         q = row.quality
-        line = (f"| {row.label} | {q.fid:.3f} | {q.kid:.5f} ± {q.kid_std:.5f} | "
-                f"{q.inception_score:.2f} ± {q.inception_score_std:.2f} |")
+        line = (
+            f"| {row.label} | {q.fid:.3f} | {q.kid:.5f} ± {q.kid_std:.5f} | "
+            f"{q.inception_score:.2f} ± {q.inception_score_std:.2f} |"
+        )
         if classifier:
             line += f" {q.classes_covered}/{len(q.histogram)} | {q.class_kl:.4f} |"
         line += f" {row.parzen['ll']:.1f} ± {row.parzen['se']:.1f} |" if row.parzen else " |"
@@ -270,8 +333,9 @@ def summary(ev: Evaluation) -> dict[str, float]:
     out = {}
     for row in ev.rows:
         prefix = "eval/" if row.key != "ema" else "eval/ema_"
-        out.update({f"{prefix}parzen_{k}": row.parzen[k] for k in ("ll", "se", "sigma")
-                    if not isinstance(row.parzen[k], list)})
+        out.update(
+            {f"{prefix}parzen_{k}": row.parzen[k] for k in ("ll", "se", "sigma") if not isinstance(row.parzen[k], list)}
+        )
         if row.quality is not None:
             out.update(row.quality.logged(prefix))
     for row in ev.references:

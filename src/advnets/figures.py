@@ -89,8 +89,9 @@ def save_figures(module, train_data: Tensor, folder: Path, seed: int = 0, which:
     return paths
 
 
-def figure_1(path: Path, arrays: dict[str, Tensor], z: Tensor | None, x_of_z: Tensor | None, window,
-             title: str = "") -> None:
+def figure_1(
+    path: Path, arrays: dict[str, Tensor], z: Tensor | None, x_of_z: Tensor | None, window, title: str = ""
+) -> None:
     """The paper's Figure 1 from a run: p_data (black dots), p_g (green), D (blue dashes), D* (grey), and
     below them the map x = G(z) from the z line to the x line (arrows).
 
@@ -122,8 +123,12 @@ def figure_1(path: Path, arrays: dict[str, Tensor], z: Tensor | None, x_of_z: Te
         z = z.reshape(-1)
         z_pos = low + (z - z.min()) / (z.max() - z.min()) * (high - low)
         for zp, xg in zip(z_pos.tolist(), x_of_z.tolist()):
-            bottom.annotate("", xy=(min(max(xg, low), high), 1.0), xytext=(zp, 0.0),
-                            arrowprops={"arrowstyle": "->", "linewidth": 0.6, "color": "0.3"})
+            bottom.annotate(
+                "",
+                xy=(min(max(xg, low), high), 1.0),
+                xytext=(zp, 0.0),
+                arrowprops={"arrowstyle": "->", "linewidth": 0.6, "color": "0.3"},
+            )
         bottom.text(low, -0.35, f"z: {float(z.min()):.2f}", fontsize=7)
         bottom.text(high, -0.35, f"{float(z.max()):.2f}", fontsize=7, ha="right")
     bottom.set_ylim(-0.5, 1.2)

@@ -38,7 +38,8 @@ class DivergenceGuard(pl.Callback):
             raise TrainingDiverged(
                 f"training diverged: non-finite {', '.join(bad)} at D update {pl_module.d_updates}, G update "
                 f"{pl_module.g_updates} (epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}); last good "
-                f"checkpoint: {where}; try a lower optimizer.lr")
+                f"checkpoint: {where}; try a lower optimizer.lr"
+            )
 
 
 def parse_max_time(max_time) -> float | None:
@@ -113,8 +114,14 @@ class CollapseMonitor(pl.Callback):
     D(x) = 0.9, never above 0.99.
     """
 
-    def __init__(self, d_real_above: float = 0.99, d_fake_below: float = 0.01, epochs: int = 2, stop: bool = False,
-                 real_label: float = 1.0):
+    def __init__(
+        self,
+        d_real_above: float = 0.99,
+        d_fake_below: float = 0.01,
+        epochs: int = 2,
+        stop: bool = False,
+        real_label: float = 1.0,
+    ):
         self.d_real_above, self.d_fake_below = float(d_real_above) * float(real_label), float(d_fake_below)
         self.epochs, self.stop = int(epochs), bool(stop)
         self.streak, self.collapsed_at = 0, None  # collapsed_at: the 1-based epoch it was marked
@@ -132,14 +139,22 @@ class CollapseMonitor(pl.Callback):
         if self._sums[2] == 0:
             return
         d_real, d_fake = (self._sums[:2] / self._sums[2]).tolist()
-        won = trainer.strategy.reduce_boolean_decision(d_real > self.d_real_above and d_fake < self.d_fake_below,
-                                                        all=False)
+        won = trainer.strategy.reduce_boolean_decision(
+            d_real > self.d_real_above and d_fake < self.d_fake_below, all=False
+        )
         self.streak = self.streak + 1 if won else 0
         if self.collapsed_at is None and self.streak >= self.epochs:
             self.collapsed_at = trainer.current_epoch + 1
-        pl_module.log_dict({"train/epoch_d_real": d_real, "train/epoch_d_fake": d_fake,
-                            "train/collapsed": float(self.collapsed_at is not None)},
-                           on_step=False, on_epoch=True, sync_dist=True)
+        pl_module.log_dict(
+            {
+                "train/epoch_d_real": d_real,
+                "train/epoch_d_fake": d_fake,
+                "train/collapsed": float(self.collapsed_at is not None),
+            },
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+        )
         if self.collapsed_at is not None and self.stop:
             trainer.should_stop = True
 

@@ -38,8 +38,11 @@ def ranks_rerun_command(trainer_cfg: DictConfig) -> bool:
     from advnets.lightning_internals import starts_ranks_by_rerunning_the_command
 
     strategy = pl.Trainer(**trainer_cfg, logger=False, enable_checkpointing=False).strategy
-    return (starts_ranks_by_rerunning_the_command(strategy) and strategy.num_processes > 1
-            and not strategy.cluster_environment.creates_processes_externally)
+    return (
+        starts_ranks_by_rerunning_the_command(strategy)
+        and strategy.num_processes > 1
+        and not strategy.cluster_environment.creates_processes_externally
+    )
 
 
 def run_job_alone(cfg: DictConfig, script: Path) -> None:
@@ -54,8 +57,13 @@ def run_job_alone(cfg: DictConfig, script: Path) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    command = [sys.executable, str(script), *hc.overrides.task, f'hydra.run.dir="{hc.runtime.output_dir}"',
-               "hydra.output_subdir=null"]  # the sweep already wrote this job's .hydra/
+    command = [
+        sys.executable,
+        str(script),
+        *hc.overrides.task,
+        f'hydra.run.dir="{hc.runtime.output_dir}"',
+        "hydra.output_subdir=null",
+    ]  # the sweep already wrote this job's .hydra/
     if "wandb" in cfg.logger and not cfg.logger.wandb.group:
         command.append(f"logger.wandb.group={sweep_name()}")
     code = subprocess.run(command).returncode

@@ -49,9 +49,18 @@ def build_loggers(cfg: DictConfig, continue_wandb_id: str | None = None) -> list
         w = cfg.logger.wandb
         Path(w.save_dir).mkdir(parents=True, exist_ok=True)
         # The jobs of one sweep share a group, so the dashboard shows them side by side.
-        loggers.append(WandbLogger(project=w.project, name=run_name(cfg), group=w.group or sweep_name(), tags=list(w.tags),
-                                   save_dir=w.save_dir, mode=wandb_mode(w), id=continue_wandb_id,
-                                   config=OmegaConf.to_container(cfg, resolve=True)))
+        loggers.append(
+            WandbLogger(
+                project=w.project,
+                name=run_name(cfg),
+                group=w.group or sweep_name(),
+                tags=list(w.tags),
+                save_dir=w.save_dir,
+                mode=wandb_mode(w),
+                id=continue_wandb_id,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
     if "csv" in cfg.logger:
         loggers.append(CSVLogger(save_dir=cfg.logger.csv.save_dir, name=cfg.logger.csv.name))
     return loggers
@@ -67,15 +76,21 @@ def wandb_mode(w: DictConfig) -> str:
         return str(w.mode)
     url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=float(w.connect_timeout)).close()
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=float(w.connect_timeout)
+        ).close()
         return "online"
     except OSError as e:
         if not w.offline_fallback:
-            raise UserError(f"W&B server {url.hostname} unreachable ({e}); set WANDB_MODE=offline or "
-                            f"logger.wandb.offline_fallback=true") from None
-        print(f"warning: W&B server {url.hostname} unreachable ({e}): logging offline to {w.save_dir}/wandb; "
-              f"upload later with `wandb sync {w.save_dir}/wandb/offline-run-*`", file=sys.stderr)
+            raise UserError(
+                f"W&B server {url.hostname} unreachable ({e}); set WANDB_MODE=offline or "
+                f"logger.wandb.offline_fallback=true"
+            ) from None
+        print(
+            f"warning: W&B server {url.hostname} unreachable ({e}): logging offline to {w.save_dir}/wandb; "
+            f"upload later with `wandb sync {w.save_dir}/wandb/offline-run-*`",
+            file=sys.stderr,
+        )
         os.environ["WANDB_MODE"] = "offline"
         return "offline"
 

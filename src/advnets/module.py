@@ -49,8 +49,9 @@ class GAN(pl.LightningModule):
         self.discriminator = build_discriminator(self.cfg.model, self.shape)
         # Optional (None: off): the averaged G, sampled from beside G; R1 on real data; noise on D's inputs.
         ema_decay = self.cfg.model.get("ema_decay")
-        self.generator_ema = (GeneratorEMA(self.generator, float(ema_decay), self.cfg.model.get("ema_rampup"))
-                              if ema_decay else None)
+        self.generator_ema = (
+            GeneratorEMA(self.generator, float(ema_decay), self.cfg.model.get("ema_rampup")) if ema_decay else None
+        )
         self.r1, self.instance_noise = build_stabilisers(self.cfg.get("stabilisers") or {})
         compile_ = self.cfg.model.get("compile")
         if compile_:
@@ -80,9 +81,13 @@ class GAN(pl.LightningModule):
 
     # --- noise ---------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        return draw_noise(n, int(self.cfg.model.noise_dim), self.cfg.model.noise,
-                          generator if generator is not None else self._noise_gen,
-                          device if device is not None else self.device)
+        return draw_noise(
+            n,
+            int(self.cfg.model.noise_dim),
+            self.cfg.model.noise,
+            generator if generator is not None else self._noise_gen,
+            device if device is not None else self.device,
+        )
 
     def seeded_generator(self, *salt: int) -> torch.Generator:
         # Seeds derived from (run seed, rank, epoch, batch...) make every rank draw its own noise and
@@ -129,15 +134,20 @@ class GAN(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = self.cfg.optimizer
-        return [build_optimizer(self.discriminator.parameters(), opt, opt.get("d_lr")),
-                build_optimizer(self.generator.parameters(), opt, opt.get("g_lr"))]
+        return [
+            build_optimizer(self.discriminator.parameters(), opt, opt.get("d_lr")),
+            build_optimizer(self.generator.parameters(), opt, opt.get("g_lr")),
+        ]
 
     def on_train_start(self) -> None:
         self._fit_start = time.monotonic()
         if self.trainer.ckpt_path is not None:
             # The restored optimisers carry the checkpoint's settings: this command's optimizer.* values win.
             opt = self.cfg.optimizer
-            for net, wrapper, lr in (("D", self.optimizers()[0], opt.get("d_lr")), ("G", self.optimizers()[1], opt.get("g_lr"))):
+            for net, wrapper, lr in (
+                ("D", self.optimizers()[0], opt.get("d_lr")),
+                ("G", self.optimizers()[1], opt.get("g_lr")),
+            ):
                 changed = apply_config(wrapper.optimizer, opt, lr)
                 if changed:
                     log.info("Resumed %s optimiser with this command's settings: %s", net, ", ".join(changed))
@@ -155,8 +165,11 @@ class GAN(pl.LightningModule):
         torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, DROPOUT_MASKS))
         anneal_epochs = self.cfg.optimizer.get("anneal_epochs")
         if anneal_epochs:  # a function of the position in training alone, so a resume anneals as the run would
-            factor = anneal_factor(self.current_epoch + batch_idx / self.trainer.num_training_batches,
-                                   int(self.trainer.max_epochs), int(anneal_epochs))
+            factor = anneal_factor(
+                self.current_epoch + batch_idx / self.trainer.num_training_batches,
+                int(self.trainer.max_epochs),
+                int(anneal_epochs),
+            )
             for opt in self.optimizers():
                 anneal_lr(opt.optimizer, factor)
 
@@ -183,8 +196,11 @@ class GAN(pl.LightningModule):
         d_opt.step()
         self._after_update(self.discriminator)
         self.d_updates += 1
-        self.step_record.update(d_loss=d_loss.detach(), d_real=torch.sigmoid(real_logits.detach()).mean(),
-                          d_fake=torch.sigmoid(fake_logits.detach()).mean())
+        self.step_record.update(
+            d_loss=d_loss.detach(),
+            d_real=torch.sigmoid(real_logits.detach()).mean(),
+            d_fake=torch.sigmoid(fake_logits.detach()).mean(),
+        )
 
     def _discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """D's logits on real and generated data and its loss, with the stabilisers that are on."""
@@ -198,8 +214,9 @@ class GAN(pl.LightningModule):
         else:
             real_logits, penalty = self.discriminator(real), 0.0
         fake_logits = self.discriminator(fake)
-        loss = discriminator_loss(real_logits, fake_logits, float(self.cfg.loss.d_scale),
-                                  float(self.cfg.loss.get("real_label", 1.0)))
+        loss = discriminator_loss(
+            real_logits, fake_logits, float(self.cfg.loss.d_scale), float(self.cfg.loss.get("real_label", 1.0))
+        )
         return real_logits, fake_logits, loss + penalty
 
     def _d_input(self, x: Tensor) -> Tensor:
@@ -253,9 +270,12 @@ class GAN(pl.LightningModule):
         self.d_updates += 1
         self.g_updates += 1
         self._update_ema()
-        self.step_record.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(),
-                          d_real=torch.sigmoid(real_logits.detach()).mean(),
-                          d_fake=torch.sigmoid(fake_logits.detach()).mean())
+        self.step_record.update(
+            d_loss=d_loss.detach(),
+            g_loss=g_loss.detach(),
+            d_real=torch.sigmoid(real_logits.detach()).mean(),
+            d_fake=torch.sigmoid(fake_logits.detach()).mean(),
+        )
 
     def _measure_generator_gradient(self) -> None:
         """train/g_grad_norm, the norm of G's gradient at its latest update (like train/g_loss): it shows
@@ -278,9 +298,15 @@ class GAN(pl.LightningModule):
         group = self.optimizers()[0].optimizer.param_groups[0]
         momentum = group["momentum"] if "momentum" in group else group["betas"][0]
         metrics = {f"train/{k}": v for k, v in self.step_record.items()}
-        metrics.update({"train/d_updates": float(self.d_updates), "train/g_updates": float(self.g_updates),
-                        "train/lr": float(group["lr"]), "train/momentum": float(momentum),
-                        "train/elapsed_s": self.training_seconds()})
+        metrics.update(
+            {
+                "train/d_updates": float(self.d_updates),
+                "train/g_updates": float(self.g_updates),
+                "train/lr": float(group["lr"]),
+                "train/momentum": float(momentum),
+                "train/elapsed_s": self.training_seconds(),
+            }
+        )
         return metrics
 
     def training_seconds(self) -> float:
@@ -329,4 +355,3 @@ class GAN(pl.LightningModule):
         self.d_updates = int(counters.get("d_updates", 0))
         self.g_updates = int(counters.get("g_updates", 0))
         self._seconds_before = float(checkpoint.get("training_seconds", 0.0))
-

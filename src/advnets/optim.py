@@ -18,11 +18,18 @@ class ClassicMomentum(torch.optim.Optimizer):
     torch.optim.SGD differs once lr changes: it keeps lr out of the velocity buffer.
     """
 
-    def __init__(self, params: Iterable[Tensor], lr: float, momentum: float = 0.5,
-                 lr_decay: float = 1.000004, min_lr: float = 1e-6):
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float,
+        momentum: float = 0.5,
+        lr_decay: float = 1.000004,
+        min_lr: float = 1e-6,
+    ):
         # lr_scale: the anneal's factor on top of the decay (1: none; see anneal_lr).
-        super().__init__(params, dict(lr=lr, lr0=lr, momentum=momentum, lr_decay=lr_decay,
-                                      min_lr=min_lr, updates=0, lr_scale=1.0))
+        super().__init__(
+            params, dict(lr=lr, lr0=lr, momentum=momentum, lr_decay=lr_decay, min_lr=min_lr, updates=0, lr_scale=1.0)
+        )
 
     @staticmethod
     def lr_at(group: dict, updates: int) -> float:
@@ -60,8 +67,13 @@ def momentum_at(epoch: int, start: float, end: float, saturate_epoch: int) -> fl
 
 
 def _momentum(params: Iterable[Tensor], cfg: Mapping, lr: float) -> torch.optim.Optimizer:
-    return ClassicMomentum(params, lr=lr, momentum=float(cfg["momentum_start"]), lr_decay=float(cfg["lr_decay"]),
-                           min_lr=float(cfg["min_lr"]))
+    return ClassicMomentum(
+        params,
+        lr=lr,
+        momentum=float(cfg["momentum_start"]),
+        lr_decay=float(cfg["lr_decay"]),
+        min_lr=float(cfg["min_lr"]),
+    )
 
 
 def _adam(params: Iterable[Tensor], cfg: Mapping, lr: float) -> torch.optim.Optimizer:
@@ -117,8 +129,11 @@ def apply_config(optimizer: torch.optim.Optimizer, cfg: Mapping, lr: float | Non
     """Give a restored optimiser the values `cfg` asks for (a resume with changed optimizer.* settings);
     its state (velocities, moments, update count) is kept. Returns what changed, as 'key: old -> new'."""
     lr = float(cfg["lr"] if lr is None else lr)
-    wanted = ({"lr0": lr, "lr_decay": float(cfg["lr_decay"]), "min_lr": float(cfg["min_lr"])}
-              if isinstance(optimizer, ClassicMomentum) else {"base_lr": lr, "betas": tuple(cfg["betas"])})
+    wanted = (
+        {"lr0": lr, "lr_decay": float(cfg["lr_decay"]), "min_lr": float(cfg["min_lr"])}
+        if isinstance(optimizer, ClassicMomentum)
+        else {"base_lr": lr, "betas": tuple(cfg["betas"])}
+    )
     changed = set()
     for group in optimizer.param_groups:
         group.setdefault("lr_scale", 1.0)

@@ -60,8 +60,10 @@ def problems(argv: list[str]) -> list[str]:
     model, dataset = args.get("model", defaults["model"]), args.get("dataset", defaults["dataset"])
     if not found and f"{model}_{dataset}" not in options("paper"):
         pairs = ", ".join(p.replace("_", " on ") for p in options("paper"))
-        found.append(f"model {model!r} has no nets for dataset {dataset!r} (conf/paper/{model}_{dataset}.yaml); "
-                     f"available: {pairs}")
+        found.append(
+            f"model {model!r} has no nets for dataset {dataset!r} (conf/paper/{model}_{dataset}.yaml); "
+            f"available: {pairs}"
+        )
     for key in ("hydra.run.dir", "hydra.sweep.dir", "paths.log_dir"):
         if key in args and "${" not in args[key] and not _writable(Path(args[key])):
             found.append(f"output folder {args[key]} cannot be written ({key}): choose a writable folder")

@@ -47,14 +47,21 @@ class ProgressLines(ProgressBar):
             return
         val = trainer.callback_metrics.get("val/parzen_ll")
         scored = f", val/parzen_ll {float(val):.1f}" if val is not None else ""
-        print(f"epoch {trainer.current_epoch + 1} done in {time.monotonic() - self._epoch_start:.0f} s{scored}",
-              file=sys.stderr, flush=True)
+        print(
+            f"epoch {trainer.current_epoch + 1} done in {time.monotonic() - self._epoch_start:.0f} s{scored}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _line(self, trainer, pl_module, batch: int, now: float) -> None:
         total = self.total_train_batches
         rate = (batch - self._last_batch) / max(now - self._last_time, 1e-9)
         losses = " ".join(f"{k} {float(v):.3f}" for k, v in getattr(pl_module, "step_record", {}).items())
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        print(f"epoch {trainer.current_epoch + 1}{epochs} batch {batch}/{total} ({100 * batch / total:.0f}%) "
-              f"{rate:.1f} batch/s {losses}", file=sys.stderr, flush=True)
+        print(
+            f"epoch {trainer.current_epoch + 1}{epochs} batch {batch}/{total} ({100 * batch / total:.0f}%) "
+            f"{rate:.1f} batch/s {losses}",
+            file=sys.stderr,
+            flush=True,
+        )
         self._last_time, self._last_batch = now, batch

@@ -49,5 +49,7 @@ class InstanceNoise:
 def build_stabilisers(cfg: Mapping) -> tuple[R1Penalty | None, InstanceNoise | None]:
     """The `stabilisers` config block as objects (None: off; checkpoints of code older than the block have none)."""
     gamma, std = cfg.get("r1_gamma"), cfg.get("instance_noise_std")
-    return (R1Penalty(float(gamma)) if gamma is not None else None,
-            InstanceNoise(float(std), int(cfg["instance_noise_anneal_updates"])) if std is not None else None)
+    return (
+        R1Penalty(float(gamma)) if gamma is not None else None,
+        InstanceNoise(float(std), int(cfg["instance_noise_anneal_updates"])) if std is not None else None,
+    )

@@ -166,9 +166,11 @@ class TensorDataModule(pl.LightningDataModule):
             return select, points
         if n < 2:
             fold = f" (fold {self.cfg['fold']})" if "fold" in self.cfg else ""
-            raise DataError(f"the valid split of {self.cfg.get('name')}{fold} has {n} row{'' if n == 1 else 's'}: "
-                            f"the per-epoch Parzen estimate needs at least 2 (sigma is picked on some, the others are "
-                            f"scored); use a fold or data set with a larger valid split")
+            raise DataError(
+                f"the valid split of {self.cfg.get('name')}{fold} has {n} row{'' if n == 1 else 's'}: "
+                f"the per-epoch Parzen estimate needs at least 2 (sigma is picked on some, the others are "
+                f"scored); use a fold or data set with a larger valid split"
+            )
         select = min(max(1, round(n * select / (select + points))), n - 1)
         return select, n - select
 
@@ -186,15 +188,19 @@ class TensorDataModule(pl.LightningDataModule):
         if self.cfg.get("on_device", True):
             self.splits["train"] = self.splits["train"].to(self._device())
             return TensorBatches(self.splits["train"], sampler)
-        return ResumableDataLoader(_Rows(self.splits["train"]), batch_sampler=sampler,
-                          num_workers=int(self.cfg.get("num_workers", 0)),
-                          pin_memory=self._device().type == "cuda")
+        return ResumableDataLoader(
+            _Rows(self.splits["train"]),
+            batch_sampler=sampler,
+            num_workers=int(self.cfg.get("num_workers", 0)),
+            pin_memory=self._device().type == "cuda",
+        )
 
     def _points(self, points: Tensor) -> TensorBatches:
         # Every rank scores its own share; the Parzen metric gathers the shares before computing.
         rank, world = self._rank_world()
-        sampler = EpochBatchSampler(len(points), int(self.cfg.get("eval_batch_size", 1000)), 0, rank, world,
-                                    shuffle=False)
+        sampler = EpochBatchSampler(
+            len(points), int(self.cfg.get("eval_batch_size", 1000)), 0, rank, world, shuffle=False
+        )
         return TensorBatches(points, sampler)
 
     def val_dataloader(self):

@@ -46,14 +46,20 @@ class CIFAR10DataModule(TensorDataModule):
         except Exception as e:
             missing = [n for n in TRAIN + TEST if not (self.folder / n).is_file()]
             if missing:
-                raise DataError(f"CIFAR-10 files missing in {self.folder}: {', '.join(missing)}; run once online "
-                                f"(dataset.download=true) or copy torchvision's {FOLDER} folder there") from None
-            raise DataError(f"CIFAR-10 files in {self.folder} are corrupt ({e}); delete them and download again "
-                            f"(or set dataset.check_md5=false for files you made yourself)") from None
+                raise DataError(
+                    f"CIFAR-10 files missing in {self.folder}: {', '.join(missing)}; run once online "
+                    f"(dataset.download=true) or copy torchvision's {FOLDER} folder there"
+                ) from None
+            raise DataError(
+                f"CIFAR-10 files in {self.folder} are corrupt ({e}); delete them and download again "
+                f"(or set dataset.check_md5=false for files you made yourself)"
+            ) from None
         missing = [n for n in TRAIN + TEST if not (self.folder / n).is_file()]
         if missing:
-            raise DataError(f"CIFAR-10 files missing in {self.folder}: {', '.join(missing)}; set "
-                            f"dataset.download=true and run once online, or copy them there")
+            raise DataError(
+                f"CIFAR-10 files missing in {self.folder}: {', '.join(missing)}; set "
+                f"dataset.download=true and run once online, or copy them there"
+            )
 
     def read(self, names: list[str]) -> Tensor:
         arrays = []

@@ -82,8 +82,10 @@ class FreshBatches(_ResumableBatches):
 
     def __iter__(self) -> Iterator[Tensor]:
         seed, epoch = self.batch_sampler.seed, self.batch_sampler.epoch
-        return self._counted(self.density.sample(len(rows), torch.Generator().manual_seed(
-            derive_seed(seed, epoch, int(rows[0])))) for rows in self.batch_sampler)
+        return self._counted(
+            self.density.sample(len(rows), torch.Generator().manual_seed(derive_seed(seed, epoch, int(rows[0]))))
+            for rows in self.batch_sampler
+        )
 
     def __len__(self) -> int:
         return len(self.batch_sampler)

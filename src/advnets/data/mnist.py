@@ -9,8 +9,12 @@ from torch import Tensor
 
 from advnets.data.batches import DataError, TensorDataModule
 
-FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 N_TRAIN = 50000
 
 
@@ -37,10 +41,13 @@ class MNISTDataModule(TensorDataModule):
         except Exception as e:
             missing = [name for name in FILES if not (raw / name).exists()]
             if missing:
-                raise DataError(f"MNIST files missing in {raw}: {', '.join(missing)}; copy the original files "
-                                f"there (or set dataset.raw_mirror=<folder with them>), or run once online") from None
-            raise DataError(f"MNIST files in {raw} are unreadable or corrupt ({e}); delete them and copy the "
-                            f"originals again") from None
+                raise DataError(
+                    f"MNIST files missing in {raw}: {', '.join(missing)}; copy the original files "
+                    f"there (or set dataset.raw_mirror=<folder with them>), or run once online"
+                ) from None
+            raise DataError(
+                f"MNIST files in {raw} are unreadable or corrupt ({e}); delete them and copy the originals again"
+            ) from None
 
     def load_splits(self) -> dict[str, Tensor]:
         train, test = self._read("data")

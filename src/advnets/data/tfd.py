@@ -22,9 +22,11 @@ FIELDS = ("images", "folds", "labs_ex", "labs_id")
 def read_tfd(path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, s, s) uint8, folds (N, 5)) from the .mat file, checked field by field."""
     if not path.is_file():
-        raise DataError(f"TFD file not found: {path}. The Toronto Face Database is licensed and has no "
-                        f"download: obtain TFD_{image_size}x{image_size}.mat from its owners and put it there "
-                        f"(or set dataset.path=<file>)")
+        raise DataError(
+            f"TFD file not found: {path}. The Toronto Face Database is licensed and has no "
+            f"download: obtain TFD_{image_size}x{image_size}.mat from its owners and put it there "
+            f"(or set dataset.path=<file>)"
+        )
     from scipy.io import loadmat
 
     try:
@@ -37,8 +39,10 @@ def read_tfd(path: Path, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     images, folds = mat["images"], mat["folds"]
     n = images.shape[0] if images.ndim else 0
     if images.shape != (n, image_size, image_size):
-        raise DataError(f"TFD file {path}: 'images' has shape {images.shape}, expected (N, {image_size}, "
-                        f"{image_size}) for dataset.image_size={image_size}")
+        raise DataError(
+            f"TFD file {path}: 'images' has shape {images.shape}, expected (N, {image_size}, "
+            f"{image_size}) for dataset.image_size={image_size}"
+        )
     if folds.shape != (n, 5):
         raise DataError(f"TFD file {path}: 'folds' has shape {folds.shape}, expected ({n}, 5)")
     for f in ("labs_ex", "labs_id"):
@@ -60,5 +64,8 @@ class TFDDataModule(TensorDataModule):
     def load_splits(self) -> dict[str, Tensor]:
         size = int(self.cfg.get("image_size", 48))
         images, folds = read_tfd(Path(self.cfg["path"]), size)
-        return {"train": self.split(images, folds, self.cfg.get("train_split", "unlabeled")),
-                "valid": self.split(images, folds, "valid"), "test": self.split(images, folds, "test")}
+        return {
+            "train": self.split(images, folds, self.cfg.get("train_split", "unlabeled")),
+            "valid": self.split(images, folds, "valid"),
+            "test": self.split(images, folds, "test"),
+        }

@@ -48,8 +48,11 @@ class ImageEvaluation(nn.Module):
             return {}
         extractor = build_extractor(features, quality.get("inception_weights"))
         subsets = {"val": quality.val_kid_subsets, "test": quality.kid_subsets}
-        return {stage: SampleQuality(extractor, int(subsets[stage]), int(quality.kid_subset_size),
-                                     seed=int(self.cfg.seed)) for stage, n in stages.items() if n}
+        return {
+            stage: SampleQuality(extractor, int(subsets[stage]), int(quality.kid_subset_size), seed=int(self.cfg.seed))
+            for stage, n in stages.items()
+            if n
+        }
 
     def _metrics(self):
         return [(which, m) for which, m in (("raw", self.parzen), ("ema", self.parzen_ema)) if m is not None]
@@ -120,8 +123,12 @@ class ImageEvaluation(nn.Module):
             folder = Path(module.trainer.default_root_dir) / ("samples" if which == "raw" else "samples_ema")
             folder.mkdir(parents=True, exist_ok=True)
             save_image(grid, folder / f"epoch_{module.current_epoch + 1:04d}.png")
-            log_image(module, "samples" if which == "raw" else "ema_samples", [grid.cpu()],
-                      caption=[f"epoch {module.current_epoch + 1}"])
+            log_image(
+                module,
+                "samples" if which == "raw" else "ema_samples",
+                [grid.cpu()],
+                caption=[f"epoch {module.current_epoch + 1}"],
+            )
 
     @rank_zero_only
     def finish(self, module) -> None:
@@ -130,7 +137,8 @@ class ImageEvaluation(nn.Module):
         if datamodule is None:  # fitted on bare dataloaders: no training set to find neighbours in
             return
         folder = Path(module.trainer.default_root_dir) / "figures"
-        paths = save_figures(module, datamodule.splits["train"], folder, seed=int(self.cfg.seed),
-                             which=module.generators[-1])
+        paths = save_figures(
+            module, datamodule.splits["train"], folder, seed=int(self.cfg.seed), which=module.generators[-1]
+        )
         for key, path in paths.items():
             log_image(module, key, [str(path)])

@@ -45,8 +45,15 @@ class MNISTClassifier(nn.Module):
         def conv(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
             return [nn.Conv2d(c_in, c_out, kernel, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
 
-        self.body = nn.Sequential(*conv(1, 16, 4), *conv(16, 32, 4), *conv(32, 64, 3),  # 14x14, 7x7, 4x4
-                                  nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 4 * 4, FEATURES), nn.ReLU())
+        self.body = nn.Sequential(
+            *conv(1, 16, 4),
+            *conv(16, 32, 4),
+            *conv(32, 64, 3),  # 14x14, 7x7, 4x4
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(64 * 4 * 4, FEATURES),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(FEATURES, CLASSES)
 
     def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,13 +73,17 @@ def load_mnist_classifier(path: Path | str = WEIGHTS, expected_sha256: str = SHA
     """The committed classifier in eval mode, without gradients; refused when the file's SHA-256 differs."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"MNIST classifier weights not found: {path}; restore them with `git checkout -- {path.name}` "
-                        f"in {path.parent}")
+        raise UserError(
+            f"MNIST classifier weights not found: {path}; restore them with `git checkout -- {path.name}` "
+            f"in {path.parent}"
+        )
     found = sha256(path)
     if found != expected_sha256:
-        raise UserError(f"MNIST classifier weights {path} have SHA-256 {found[:16]}..., expected "
-                        f"{expected_sha256[:16]}...: the file was modified; restore it (git checkout) so that "
-                        f"FIDs stay comparable")
+        raise UserError(
+            f"MNIST classifier weights {path} have SHA-256 {found[:16]}..., expected "
+            f"{expected_sha256[:16]}...: the file was modified; restore it (git checkout) so that "
+            f"FIDs stay comparable"
+        )
     model = MNISTClassifier()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval().requires_grad_(False)
@@ -82,14 +93,22 @@ def load_mnist_classifier(path: Path | str = WEIGHTS, expected_sha256: str = SHA
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 2000) -> float:
     """The fraction of `images` whose largest logit is their label."""
     with eval_mode(model):
-        correct = sum(int((model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
-                      for i in range(0, len(images), batch))
+        correct = sum(
+            int((model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
+            for i in range(0, len(images), batch)
+        )
     return correct / len(images)
 
 
-def train_mnist_classifier(images: Tensor, labels: Tensor, epochs: int = 5, batch_size: int = 128,
-                           max_lr: float = 3e-3, seed: int = 0,
-                           after_epoch: Callable[[int, MNISTClassifier], None] | None = None) -> MNISTClassifier:
+def train_mnist_classifier(
+    images: Tensor,
+    labels: Tensor,
+    epochs: int = 5,
+    batch_size: int = 128,
+    max_lr: float = 3e-3,
+    seed: int = 0,
+    after_epoch: Callable[[int, MNISTClassifier], None] | None = None,
+) -> MNISTClassifier:
     """A fresh classifier trained with Adam and a one-cycle lr schedule on (images, labels).
 
     Every epoch reshuffles from `seed` and moves each image by up to one pixel along each axis: strided

@@ -250,9 +250,7 @@ def _parzen(points: Any, centres: Any, sigmas: SigmaLike, chunk_size: int) -> Te
     screen = _can_screen(device)
     out = torch.empty(len(coef), n, dtype=torch.float64, device=device)
     with torch.no_grad():
-        mu_norm = torch.cat(
-            [b.to(device=device, dtype=torch.float64).square().sum(1) for b in mu.split(chunk)]
-        )
+        mu_norm = torch.cat([b.to(device=device, dtype=torch.float64).square().sum(1) for b in mu.split(chunk)])
         for p0 in range(0, n, chunk):
             block = _Block(x[p0 : p0 + chunk], coef)
             for c0 in range(0, m, chunk):
@@ -345,9 +343,7 @@ class ParzenLogLikelihood(torchmetrics.Metric):
     select_points: list[Tensor]
     test_points: list[Tensor]
 
-    def __init__(
-        self, sigmas: SigmaLike = SIGMAS, chunk_size: int = DEFAULT_CHUNK_SIZE, **kwargs: Any
-    ) -> None:
+    def __init__(self, sigmas: SigmaLike = SIGMAS, chunk_size: int = DEFAULT_CHUNK_SIZE, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sigmas = _as_sigmas(sigmas)
         self.chunk_size = _check_chunk(chunk_size)

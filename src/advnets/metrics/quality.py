@@ -39,8 +39,10 @@ from advnets.errors import UserError
 
 # quality.features=auto: the network each data set is measured with (none for TFD).
 AUTO_FEATURES = {"mnist": "mnist_classifier", "cifar10": "inception"}
-LABELS = {"mnist_classifier": "MNIST classifier features (classifier-based; not comparable with Inception FIDs)",
-          "inception": "Inception v3 features (the standard FID)"}
+LABELS = {
+    "mnist_classifier": "MNIST classifier features (classifier-based; not comparable with Inception FIDs)",
+    "inception": "Inception v3 features (the standard FID)",
+}
 # torch-fidelity's Inception weights, which torchmetrics downloads into torch's cache when online.
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -77,9 +79,11 @@ def inception_weights_path(path: str | None) -> Path:
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(INCEPTION_URL, str(cached), progress=False)
         except Exception as e:  # offline: URLError, socket errors, HTTP errors
-            raise UserError(f"the Inception FID needs {INCEPTION_FILE}, which cannot be downloaded here "
-                            f"({type(e).__name__}): put it in {cached.parent}/ or pass "
-                            f"quality.inception_weights=PATH (or quality.features=null to skip these metrics)") from None
+            raise UserError(
+                f"the Inception FID needs {INCEPTION_FILE}, which cannot be downloaded here "
+                f"({type(e).__name__}): put it in {cached.parent}/ or pass "
+                f"quality.inception_weights=PATH (or quality.features=null to skip these metrics)"
+            ) from None
     return cached
 
 
@@ -100,11 +104,16 @@ class InceptionFeatures(nn.Module):
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
 
-            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
-                                          feature_extractor_weights_path=str(weights))
+            self.net = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=["2048", "logits_unbiased"],
+                feature_extractor_weights_path=str(weights),
+            )
         except ModuleNotFoundError:
-            raise UserError("the Inception FID needs torch-fidelity: pip install torch-fidelity "
-                            "(or quality.features=null to skip these metrics)") from None
+            raise UserError(
+                "the Inception FID needs torch-fidelity: pip install torch-fidelity "
+                "(or quality.features=null to skip these metrics)"
+            ) from None
 
     def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
         from advnets.figures import display
@@ -209,8 +218,9 @@ class SampleQuality(nn.Module):
         self.fid = FrechetInceptionDistance(feature=given, reset_real_features=False)
         with warnings.catch_warnings():  # "will save all extracted features in buffer": 5 MB for 10,000 MNIST samples
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-            self.kid = KernelInceptionDistance(feature=given, subsets=int(kid_subsets),
-                                               subset_size=int(kid_subset_size), reset_real_features=False)
+            self.kid = KernelInceptionDistance(
+                feature=given, subsets=int(kid_subsets), subset_size=int(kid_subset_size), reset_real_features=False
+            )
             self.inception_score = InceptionScore(feature=_Given(0))
         # Coverage counts the classes of the data set: only a network trained on them has its own (MNIST's).
         classes = getattr(extractor, "num_classes", None)
@@ -227,7 +237,9 @@ class SampleQuality(nn.Module):
     def _embed(self, images: Tensor) -> tuple[Tensor, Tensor]:
         device = next(self.extractor.parameters()).device
         batch = getattr(self.extractor, "batch_size", 1000)
-        parts = [self.extractor.features_and_logits(images[i:i + batch].to(device)) for i in range(0, len(images), batch)]
+        parts = [
+            self.extractor.features_and_logits(images[i : i + batch].to(device)) for i in range(0, len(images), batch)
+        ]
         return torch.cat([f for f, _ in parts]), torch.cat([lg for _, lg in parts])
 
     def update_real(self, images: Tensor) -> None:
@@ -254,11 +266,18 @@ class SampleQuality(nn.Module):
             score, score_std = self.inception_score.compute()
         coverage = self.coverage.compute() if self.coverage is not None else None
         return QualityResult(
-            fid=float(self.fid.compute()), kid=float(kid), kid_std=float(kid_std), inception_score=float(score),
+            fid=float(self.fid.compute()),
+            kid=float(kid),
+            kid_std=float(kid_std),
+            inception_score=float(score),
             inception_score_std=float(score_std),
-            histogram=coverage.histogram if coverage else None, classes_covered=coverage.covered if coverage else None,
-            class_kl=coverage.kl_uniform if coverage else None, n_samples=n_fake, n_real=n_real,
-            kid_subset_size=self.kid.subset_size)
+            histogram=coverage.histogram if coverage else None,
+            classes_covered=coverage.covered if coverage else None,
+            class_kl=coverage.kl_uniform if coverage else None,
+            n_samples=n_fake,
+            n_real=n_real,
+            kid_subset_size=self.kid.subset_size,
+        )
 
     def reset(self) -> None:
         for metric in (self.fid, self.kid, self.inception_score, self.coverage):

@@ -72,8 +72,14 @@ def theory_metrics(p_data: Tensor, p_g: Tensor, d: Tensor) -> dict[str, float]:
     v_d = value(d, p_data, p_g)
     weight = (p_data + p_g) / 2
     distance = float((weight * torch.nan_to_num((d - d_star).abs(), nan=0.0)).sum())
-    return {"jsd": jsd, "c_g": c_g, "c_g_minus_theorem": c_g - (-LOG4 + 2 * jsd), "v_d": v_d,
-            "v_gap": c_g - v_d, "d_distance": distance}
+    return {
+        "jsd": jsd,
+        "c_g": c_g,
+        "c_g_minus_theorem": c_g - (-LOG4 + 2 * jsd),
+        "v_d": v_d,
+        "v_gap": c_g - v_d,
+        "d_distance": distance,
+    }
 
 
 class TheoryEvaluation(nn.Module):
@@ -113,8 +119,13 @@ class TheoryEvaluation(nn.Module):
             d = torch.sigmoid(net(self.centres.float()[:, None].to(module.device))).double().cpu()
         metrics = theory_metrics(self.p_data, p_g, d)
         metrics["pg_beyond_grid"] = float(((x < self.edges[0]) | (x > self.edges[-1])).double().mean())
-        self.last = {"x": self.centres, "p_data": self.p_data / self.width, "p_g": p_g / self.width, "d": d,
-                     "d_star": optimal_discriminator(self.p_data, p_g)}
+        self.last = {
+            "x": self.centres,
+            "p_data": self.p_data / self.width,
+            "p_g": p_g / self.width,
+            "d": d,
+            "d_star": optimal_discriminator(self.p_data, p_g),
+        }
         self.last_metrics = metrics
         self._epoch = module.current_epoch
         logged = {f"{stage}/{k}": v for k, v in metrics.items()}
@@ -149,10 +160,18 @@ class TheoryEvaluation(nn.Module):
             z = torch.linspace(-1, 1, 25)[:, None] * (math.sqrt(3.0) if self.cfg.model.noise == "uniform" else 2.0)
             with torch.no_grad():
                 x_of_z = module.generator_for("raw")(z.to(module.device)).reshape(-1).cpu()
-        path = Path(module.trainer.default_root_dir) / "theory" / "figure_1" / f"epoch_{module.current_epoch + 1:04d}.png"
-        figure_1(path, self.last, z, x_of_z, self.cfg.dataset.figure,
-                 title=f"epoch {module.current_epoch + 1}, {module.g_updates} G updates: "
-                       f"JSD {self.last_metrics['jsd']:.4f}, E|D - D*| {self.last_metrics['d_distance']:.3f}")
+        path = (
+            Path(module.trainer.default_root_dir) / "theory" / "figure_1" / f"epoch_{module.current_epoch + 1:04d}.png"
+        )
+        figure_1(
+            path,
+            self.last,
+            z,
+            x_of_z,
+            self.cfg.dataset.figure,
+            title=f"epoch {module.current_epoch + 1}, {module.g_updates} G updates: "
+            f"JSD {self.last_metrics['jsd']:.4f}, E|D - D*| {self.last_metrics['d_distance']:.3f}",
+        )
         log_image(module, "figure_1", [str(path)], caption=[f"epoch {module.current_epoch + 1}"])
 
     @rank_zero_only

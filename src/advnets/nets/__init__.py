@@ -41,5 +41,13 @@ def eval_mode(net: nn.Module) -> Iterator[nn.Module]:
         net.train(was_training)
 
 
-__all__ = ["NETS", "eval_mode", "Generator", "MaxoutDiscriminator", "Maxout", "apply_max_col_norm", "build_discriminator",
-           "build_generator"]
+__all__ = [
+    "NETS",
+    "eval_mode",
+    "Generator",
+    "MaxoutDiscriminator",
+    "Maxout",
+    "apply_max_col_norm",
+    "build_discriminator",
+    "build_generator",
+]

@@ -48,8 +48,10 @@ class ConvGenerator(nn.Module):
             raise ValueError(f"a kernel {kernel}, stride {stride} transposed conv cannot give {self.shape}")
         self.hidden_shape = (channels, *map(int, sides))
         if not layers or int(layers[-1]["units"]) != math.prod(self.hidden_shape):
-            raise ValueError(f"the last generator layer must have {math.prod(self.hidden_shape)} units "
-                             f"(= {' x '.join(map(str, self.hidden_shape))}) for data of shape {self.shape}")
+            raise ValueError(
+                f"the last generator layer must have {math.prod(self.hidden_shape)} units "
+                f"(= {' x '.join(map(str, self.hidden_shape))}) for data of shape {self.shape}"
+            )
         modules: list[nn.Module] = []
         width = noise_dim
         for spec in layers:
@@ -75,8 +77,9 @@ class ConvMaxout(nn.Module):
     def __init__(self, in_channels: int, spec: Mapping):
         super().__init__()
         self.channels, self.pieces = int(spec["channels"]), int(spec["pieces"])
-        self.conv = nn.Conv2d(in_channels, self.channels * self.pieces, int(spec["kernel"]),
-                              padding=int(spec.get("pad", 0)))
+        self.conv = nn.Conv2d(
+            in_channels, self.channels * self.pieces, int(spec["kernel"]), padding=int(spec.get("pad", 0))
+        )
         init_uniform(self.conv, float(spec["irange"]))
         self.pool = nn.MaxPool2d(int(spec["pool"]), int(spec["pool_stride"]), ceil_mode=True)
 
@@ -87,8 +90,15 @@ class ConvMaxout(nn.Module):
 
 
 class ConvMaxoutDiscriminator(nn.Module):
-    def __init__(self, shape: Sequence[int], conv_layers: Sequence[Mapping], layers: Sequence[Mapping],
-                 output_irange: float, input_dropout: float, hidden_dropout: float):
+    def __init__(
+        self,
+        shape: Sequence[int],
+        conv_layers: Sequence[Mapping],
+        layers: Sequence[Mapping],
+        output_irange: float,
+        input_dropout: float,
+        hidden_dropout: float,
+    ):
         super().__init__()
         modules: list[nn.Module] = []
         channels = int(shape[0])
@@ -122,5 +132,11 @@ def build_conv_generator(model_cfg: Mapping, shape: Sequence[int]) -> nn.Module:
 
 def build_conv_discriminator(model_cfg: Mapping, shape: Sequence[int]) -> nn.Module:
     d = model_cfg["discriminator"]
-    return ConvMaxoutDiscriminator(shape, d["conv_layers"], d["layers"], float(d["output_irange"]),
-                                   float(d["input_dropout"]), float(d["hidden_dropout"]))
+    return ConvMaxoutDiscriminator(
+        shape,
+        d["conv_layers"],
+        d["layers"],
+        float(d["output_irange"]),
+        float(d["input_dropout"]),
+        float(d["hidden_dropout"]),
+    )

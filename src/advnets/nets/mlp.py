@@ -100,8 +100,14 @@ class Generator(nn.Module):
 class MaxoutDiscriminator(nn.Module):
     """Image -> maxout layers -> one logit. Dropout on the input of every layer, the last included."""
 
-    def __init__(self, shape: Sequence[int], layers: Sequence[Mapping], output_irange: float,
-                 input_dropout: float, hidden_dropout: float):
+    def __init__(
+        self,
+        shape: Sequence[int],
+        layers: Sequence[Mapping],
+        output_irange: float,
+        input_dropout: float,
+        hidden_dropout: float,
+    ):
         super().__init__()
         modules: list[nn.Module] = []
         width = math.prod(shape)
@@ -127,8 +133,9 @@ def build_generator(model_cfg: Mapping, shape: Sequence[int]) -> nn.Module:
 
 def build_discriminator(model_cfg: Mapping, shape: Sequence[int]) -> nn.Module:
     d = model_cfg["discriminator"]
-    return MaxoutDiscriminator(shape, d["layers"], float(d["output_irange"]),
-                               float(d["input_dropout"]), float(d["hidden_dropout"]))
+    return MaxoutDiscriminator(
+        shape, d["layers"], float(d["output_irange"]), float(d["input_dropout"]), float(d["hidden_dropout"])
+    )
 
 
 @torch.no_grad()
