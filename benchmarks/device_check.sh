@@ -31,7 +31,8 @@ if [ "${1:-}" = "--prepare" ]; then
         $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version "$v" \
             --platform manylinux2014_x86_64 -d "$WHEELS" PyYAML
     done
-    cp ../shared/data/MNIST/raw/*.gz "$DATA/MNIST/raw/"
+    # The offline MNIST copy is one setting, conf/paths/default.yaml's paths.mnist_mirror (ADVNETS_MNIST_MIRROR).
+    cp "$($PY -c 'import sys; sys.path.insert(0, "src"); from advnets.config import mnist_mirror; print(mnist_mirror())')"/*.gz "$DATA/MNIST/raw/"
     du -sh "$DEVICE_DIR"
     exit 0
 fi

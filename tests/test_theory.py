@@ -273,7 +273,7 @@ def json_dump(obj) -> str:
     return json.dumps(obj)
 
 
-def test_g_grad_norm_is_the_norm_of_g_gradient_and_only_measured_on_logged_steps(tmp_path):
+def test_g_grad_norm_is_the_norm_of_g_gradient_at_every_g_update(tmp_path):
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
@@ -304,10 +304,11 @@ def test_g_grad_norm_is_the_norm_of_g_gradient_and_only_measured_on_logged_steps
         module._noise_gen = torch.Generator().manual_seed(3)
         module._generator_step(16, Opt())
         assert module.step_record["g_grad_norm"].item() == pytest.approx(norm, rel=1e-5)
+        # Measured on steps that are not logged too: a logged row shows G's latest update, never a stale one.
         connector.should_update_logs = False
         del module.step_record["g_grad_norm"]
         module._generator_step(16, Opt())
-        assert "g_grad_norm" not in module.step_record
+        assert module.step_record["g_grad_norm"].item() > 0
 
 
 @pytest.mark.slow

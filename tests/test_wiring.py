@@ -714,7 +714,8 @@ def test_quality_metrics_read_their_split_and_sizes(evaluated):
     assert [(stage, len(x)) for stage, x in calls["real"]] == [("val", 300), ("test", 200)]
     assert torch.equal(calls["real"][0][1], splits["valid"]) and torch.equal(calls["real"][1][1], splits["test"])
     assert [(stage, len(x)) for stage, x in calls["fake"]] == [("val", 300), ("val", 300), ("test", 250), ("test", 250)]
-    assert torch.equal(calls["fake"][0][1][:150].flatten(1), calls["parzen"][0][1])
+    # The same noise: equal up to the rounding of a matmul over 300 rows against one over 150 (threads split them).
+    torch.testing.assert_close(calls["fake"][0][1][:150].flatten(1), calls["parzen"][0][1], rtol=1e-5, atol=1e-6)
     classifier = load_mnist_classifier()
     with torch.no_grad():
         features = {

@@ -137,7 +137,8 @@ def apply_config(optimizer: torch.optim.Optimizer, cfg: Mapping, lr: float | Non
     changed = set()
     for group in optimizer.param_groups:
         group.setdefault("lr_scale", 1.0)
-        group.setdefault("base_lr", group["lr"])  # an Adam saved before base_lr existed
+        if not isinstance(optimizer, ClassicMomentum):
+            group.setdefault("base_lr", group["lr"])  # an Adam saved before base_lr existed
         for key, value in wanted.items():
             old = tuple(group[key]) if isinstance(group[key], (list, tuple)) else group[key]
             if old != value:
