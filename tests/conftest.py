@@ -109,3 +109,17 @@ def wandb_run_record(run_dir: Path) -> dict:
         if record.get("type") == "run":
             return record["run"]
     raise AssertionError(f"no run record in {run_dir}")
+
+
+# Tiny nets without dropout or R1 and a cheap per-epoch estimate: real fits of a few batches that check the
+# training schedule (EMA, lr anneal) rather than the nets.
+TINY_FIT = [
+    "model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
+    "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]",
+    "stabilisers.r1_gamma=null",
+    "model.discriminator.input_dropout=0",
+    "model.discriminator.hidden_dropout=0",
+    "quality.features=null",
+    "parzen.val_samples=50",
+    "trainer.limit_val_batches=1",
+]

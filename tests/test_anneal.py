@@ -14,21 +14,11 @@ from omegaconf import OmegaConf
 from advnets.data import build_datamodule
 from advnets.module import GAN
 from advnets.optim import ClassicMomentum, anneal_factor
-from conftest import compose
+from conftest import TINY_FIT, compose
 
 BATCH, BATCHES = 2500, 20  # 20 batches an epoch
 LR0, DECAY = 0.1, 1.000004
-SMALL = [
-    "model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
-    "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]",
-    "stabilisers.r1_gamma=null",
-    "model.discriminator.input_dropout=0",
-    "model.discriminator.hidden_dropout=0",
-    "quality.features=null",
-    "parzen.val_samples=50",
-    "trainer.limit_val_batches=1",
-    "model.ema_decay=null",
-]
+SMALL = [*TINY_FIT, "model.ema_decay=null"]
 
 
 def test_anneal_factor_closed_form():

@@ -13,19 +13,10 @@ from omegaconf import OmegaConf
 from advnets.data import build_datamodule
 from advnets.ema import GeneratorEMA, ema_beta
 from advnets.module import GAN
-from conftest import compose
+from conftest import TINY_FIT, compose
 
 BATCH = 2500  # 20 batches an epoch
-SMALL = [
-    "model.generator.layers=[{units:8,activation:relu,irange:0.05}]",
-    "model.discriminator.layers=[{units:4,pieces:2,irange:0.005}]",
-    "stabilisers.r1_gamma=null",
-    "model.discriminator.input_dropout=0",
-    "model.discriminator.hidden_dropout=0",
-    "quality.features=null",
-    "parzen.val_samples=50",
-    "trainer.limit_val_batches=1",
-]
+SMALL = TINY_FIT
 
 
 def test_ema_beta_closed_forms():
