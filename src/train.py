@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -44,9 +45,11 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from advnets.lightning_internals import keep_noise_out_of_logs
     from advnets.loggers import build_loggers, wandb_run_id
     from advnets.module import GAN
+    from advnets.precision import precision_line
     from advnets.progress import ProgressLines
 
     keep_noise_out_of_logs()  # Lightning's litlogger tip and known deprecation warnings of its dependencies
+    logging.getLogger(__name__).log(*precision_line(cfg.trainer.precision, cfg.trainer.accelerator))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
     datamodule.prepare_data()

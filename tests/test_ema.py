@@ -112,3 +112,64 @@ def test_ema_in_a_real_fit_starts_at_g_and_follows_g_updates_only(data_dir, tmp_
     for g_updates, ema in rec.ema_after_d:
         for avg, e in zip(ema, after_update[g_updates]):
             torch.testing.assert_close(avg.double(), e, rtol=1e-5, atol=1e-6)
+
+
+def load_ema_variants():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("ema_variants", REPO / "benchmarks" / "ema_variants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_averages_follow_their_formulas_beside_the_module_ema(data_dir, tmp_path):
+    """benchmarks/ema_variants.py (the study of horizons and starts): a variant with the module's own settings
+    is the module's EMA bit for bit; one that starts after G update 15 is G until then and the ramped average
+    of the updates since after it; the weights it saves at a kept epoch are the averages'."""
+    decay, rampup, start = 0.9, 0.2, 15
+    cfg = compose(
+        f"paths.data_dir={data_dir}",
+        "logger=none",
+        f"dataset.batch_size={BATCH}",
+        f"model.ema_decay={decay}",
+        f"model.ema_rampup={rampup}",
+        *SMALL,
+        output_dir=tmp_path,
+    )
+    module = GAN(OmegaConf.to_container(cfg, resolve=True))
+    study = load_ema_variants().AverageVariants(
+        {
+            "same": {"decay": decay, "rampup": rampup},
+            "late": {"decay": decay, "rampup": rampup, "start": start},
+            "never": {"decay": decay, "rampup": rampup, "start": 1000},
+        }
+    )
+    rec = EMARecorder()
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        callbacks=[rec, study],
+    )
+    trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
+
+    assert module.g_updates == len(rec.g_after) == 20
+    params = {name: list(avg.generator.parameters()) for name, avg in study.averages.items()}
+    assert all(torch.equal(a, b) for a, b in zip(params["same"], module.generator_ema.generator.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(params["never"], module.generator.parameters()))
+    expected = rec.g_after[start - 1]
+    for n, g in enumerate(rec.g_after[start:], start=1):
+        beta = 0.5 ** (1 / min(math.log(0.5) / math.log(decay), rampup * n))
+        expected = [beta * e + (1 - beta) * w for e, w in zip(expected, g)]
+    for avg, e in zip(params["late"], expected):
+        torch.testing.assert_close(avg.double(), e, rtol=1e-5, atol=1e-6)
+    saved = torch.load(tmp_path / "ema_variants" / "epoch0000.pt")  # callbacks.checkpoint.every_n_epochs: 1
+    assert sorted(saved) == ["late", "never", "same"]
+    assert all(torch.equal(saved["late"][k], v) for k, v in study.averages["late"].generator.state_dict().items())

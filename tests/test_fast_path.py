@@ -364,3 +364,36 @@ def test_fast_path_resumes_bit_for_bit(tmp_path):
     for opt_a, opt_b in zip(straight.optimizers, resumed.optimizers):
         for p_a, p_b in zip(opt_a.state.values(), opt_b.state.values()):
             assert torch.equal(p_a["velocity"], p_b["velocity"])
+
+
+def cpuinfo_flags() -> set[str]:
+    with open("/proc/cpuinfo") as f:
+        return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no oneDNN")
+def test_cpu_bf16_units_reads_this_cpus_flags():
+    flags = cpuinfo_flags()
+    expected = "AMX-BF16" if "amx_tile" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
+    assert precision.cpu_bf16_units() == expected
+
+
+def test_precision_line_warns_where_bf16_is_emulated(monkeypatch):
+    import logging
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: None)
+    level, line = precision.precision_line("bf16-mixed", "cpu")
+    assert level == logging.WARNING
+    assert line.startswith("precision: bf16-mixed on a CPU without bf16 matrix units (")
+    assert line.endswith("trainer.precision=32-true is faster here")
+    assert precision.precision_line(None, "cpu") == (logging.INFO, "precision: 32-true (fp32)")
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "AMX-BF16")
+    assert precision.precision_line("bf16-mixed", "cpu") == (
+        logging.INFO,
+        "precision: bf16-mixed, the fast path (this CPU has AMX-BF16)",
+    )
+    assert precision.precision_line("32-true", "cpu") == (
+        logging.INFO,
+        "precision: 32-true (fp32); this CPU has AMX-BF16: trainer.precision=bf16-mixed is the faster bf16 path",
+    )
+    assert precision.precision_line("bf16-mixed", "gpu") == (logging.INFO, "precision: bf16-mixed (the bf16 fast path)")

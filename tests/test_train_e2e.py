@@ -56,6 +56,14 @@ def test_run_logs_leave_out_lightnings_tip_and_known_deprecation_noise(trained):
 
 
 @pytest.mark.slow
+def test_first_log_line_says_the_precision_and_what_this_cpu_offers(trained):
+    from advnets.precision import precision_line
+
+    first = (trained / "train.log").read_text().splitlines()[0]
+    assert first.endswith(f"[INFO] - {precision_line(None, 'auto')[1]}")
+
+
+@pytest.mark.slow
 def test_run_writes_checkpoint_and_samples(trained):
     assert (trained / "checkpoints" / "last.ckpt").is_file()
     assert (trained / "samples" / "epoch_0001.png").is_file()
