@@ -378,6 +378,27 @@ def fast_path_rows_for(compile_mode: str | None) -> dict[str, list[str]]:
     }
 
 
+def matmul_rates(device: str, rows: int = 100, width: int = 1200, repeats: int = 50) -> dict[str, float]:
+    """GFLOP/s of a (rows x width) by (width x width) matmul, D's and G's hidden layer at batch 100, in fp32
+    and bf16: what the fast path can gain, before any overhead (on a CPU without bf16 matrix units, bf16 is
+    emulated and slower)."""
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(rows, width, device=device, dtype=dtype)
+        b = torch.randn(width, width, device=device, dtype=dtype)
+        for _ in range(5):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rates[str(dtype).removeprefix("torch.")] = 2 * rows * width * width * repeats / (time.perf_counter() - start) / 1e9
+    return rates
+
+
 def fast_path_rows(args, data_dir: str) -> None:
     """The defaults (R1, EMA of G: OPTIONS["extra"] is empty) in the four precisions, interleaved.
 
@@ -385,6 +406,16 @@ def fast_path_rows(args, data_dir: str) -> None:
     wall-clock rate moves with the neighbours' load, the CPU-time rate much less (one thread: the two agree
     on an idle machine)."""
     OPTIONS["extra"] = []
+    if args.device == "cpu":
+        from advnets.precision import cpu_bf16_units
+
+        rates = matmul_rates("cpu")
+        print(
+            f"cpu: {torch.backends.cpu.get_cpu_capability()}, bf16 matrix units: {cpu_bf16_units() or 'none'}; "
+            f"100 x 1200 by 1200 x 1200 matmul: fp32 {rates['float32']:.0f} GFLOP/s, bf16 {rates['bfloat16']:.0f} "
+            f"GFLOP/s (x{rates['bfloat16'] / rates['float32']:.2f})",
+            flush=True,
+        )
     rows = fast_path_rows_for(args.compile_mode)
     speeds: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
     for _ in range(args.repeats):
