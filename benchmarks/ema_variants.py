@@ -116,9 +116,63 @@ def swap(checkpoint: str, variants: str, name: str, out: str) -> None:
     torch.save(ckpt, out)
 
 
+def per_epoch(run: Path) -> dict[str, dict[int, tuple[float, int]]]:
+    """generator -> epoch -> (val FID, classes covered): `raw` and `ema` (the run's own average, val/fid and
+    val/ema_fid of its CSV logs) and each variant of its ema_variants.jsonl."""
+    import csv
+
+    found: dict[str, dict[int, tuple[float, int]]] = {"raw": {}, "ema": {}}
+    for metrics in sorted(run.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
+        for row in csv.DictReader(metrics.open()):
+            if row.get("val/fid") and row.get("val/ema_fid"):
+                epoch = int(row["epoch"]) + 1
+                found["raw"][epoch] = (float(row["val/fid"]), round(float(row["val/classes_covered"])))
+                found["ema"][epoch] = (float(row["val/ema_fid"]), round(float(row["val/ema_classes_covered"])))
+    if (run / "ema_variants.jsonl").is_file():
+        for line in (run / "ema_variants.jsonl").open():
+            d = json.loads(line)
+            found.setdefault(d["variant"], {})[d["epoch"]] = (d["fid"], d["classes_covered"])
+    return found
+
+
+def summary(runs: list[Path], from_epoch: int = 12, covered_from: int = 20, at=(12, 20, 30, 40, 60)) -> str:
+    """Per generator over the runs (seeds): val FID at some epochs (mean +- s.e.), the epochs from `from_epoch` on
+    at which its FID is above the raw G's, and the runs in which it covers 10/10 digits at every epoch from
+    `covered_from` on (issue 22's test of an average)."""
+    import math
+    import statistics
+
+    data = [per_epoch(r) for r in runs]
+    names = [n for n in data[0] if all(n in d for d in data)]
+    head = "| generator | " + " | ".join(f"FID @{e}" for e in at) + f" | epochs >= {from_epoch} with FID above G's |"
+    head += f" runs with 10/10 from epoch {covered_from} |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name in names:
+        cells = []
+        for e in at:
+            v = [d[name][e][0] for d in data if e in d[name]]
+            se = statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+            cells.append(f"{statistics.mean(v):.1f} ± {se:.1f}" if v else "-")
+        above = total = covered = 0
+        for d in data:
+            epochs = [e for e in d[name] if e >= from_epoch and e in d["raw"]]
+            total += len(epochs)
+            # The CSV holds float32s: G's own FID read from there and from the JSON lines differs in the 7th digit.
+            above += sum(d[name][e][0] > d["raw"][e][0] * (1 + 1e-6) for e in epochs)
+            covered += all(c == 10 for e, (_, c) in d[name].items() if e >= covered_from)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {above} of {total} | {covered} of {len(data)} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 6 or sys.argv[1] != "swap":
-        sys.exit("usage: python benchmarks/ema_variants.py swap CHECKPOINT VARIANTS_PT NAME OUT_CKPT")
-    swap(*sys.argv[2:])
+    if len(sys.argv) == 6 and sys.argv[1] == "swap":
+        swap(*sys.argv[2:])
+    elif len(sys.argv) > 2 and sys.argv[1] == "summary":
+        print(summary([Path(p) for p in sys.argv[2:]]))
+    else:
+        sys.exit(
+            "usage: python benchmarks/ema_variants.py swap CHECKPOINT VARIANTS_PT NAME OUT_CKPT\n"
+            "       python benchmarks/ema_variants.py summary RUN_DIR..."
+        )

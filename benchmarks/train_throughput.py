@@ -395,7 +395,9 @@ def matmul_rates(device: str, rows: int = 100, width: int = 1200, repeats: int =
             a @ b
         if device == "cuda":
             torch.cuda.synchronize()
-        rates[str(dtype).removeprefix("torch.")] = 2 * rows * width * width * repeats / (time.perf_counter() - start) / 1e9
+        rates[str(dtype).removeprefix("torch.")] = (
+            2 * rows * width * width * repeats / (time.perf_counter() - start) / 1e9
+        )
     return rates
 
 

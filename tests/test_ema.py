@@ -65,6 +65,20 @@ class EMARecorder(pl.Callback):
         )
 
 
+def fit_one_epoch(module: GAN, cfg, tmp_path, *callbacks: pl.Callback) -> None:
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
+    )
+    trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
+
+
 @pytest.mark.parametrize("schedule, k", [("alternating", 2), ("simultaneous", 1)])
 def test_ema_in_a_real_fit_starts_at_g_and_follows_g_updates_only(data_dir, tmp_path, schedule, k):
     decay, rampup = 0.9, 0.2
@@ -84,17 +98,7 @@ def test_ema_in_a_real_fit_starts_at_g_and_follows_g_updates_only(data_dir, tmp_
         for p in module.generator_ema.generator.parameters():
             p.add_(1.0)
     rec = EMARecorder()
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-        callbacks=[rec],
-    )
-    trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
+    fit_one_epoch(module, cfg, tmp_path, rec)
 
     g_start, ema_start = rec.start
     assert all(torch.equal(a, b) for a, b in zip(g_start, ema_start))  # a fresh fit: the average is G
@@ -148,17 +152,7 @@ def test_study_averages_follow_their_formulas_beside_the_module_ema(data_dir, tm
         }
     )
     rec = EMARecorder()
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-        callbacks=[rec, study],
-    )
-    trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
+    fit_one_epoch(module, cfg, tmp_path, rec, study)
 
     assert module.g_updates == len(rec.g_after) == 20
     params = {name: list(avg.generator.parameters()) for name, avg in study.averages.items()}

@@ -1,0 +1,90 @@
+"""The default's full protocol over seeds 300-304: the per-epoch table of docs/results.md and results_protocol.png.
+
+Seeds 302-304 (and any later seed): their measurements in docs/results/runs/default/seedS, which src/report.py
+reads as run folders (csv/, .hydra/, eval/epoch_NNNN/{parzen,quality}.json). Seeds 300 and 301: the values in
+seeds_300_301.csv (its header says where they come from: their run folders were lost).
+
+    python docs/results/five_seeds.py      # prints the table, writes docs/results_protocol.png
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "src"))
+
+import report  # noqa: E402
+
+METRICS = ("parzen_ll", "parzen_se", "fid", "kid", "classes_covered")
+
+
+def recovered() -> dict[tuple[int, str, str], list[float]]:
+    """(epoch, "raw"/"ema", metric) -> the two seeds' values."""
+    rows = csv.DictReader(line for line in (HERE / "seeds_300_301.csv").open() if not line.startswith("#"))
+    return {(int(r["epoch"]), r["which"], r["metric"]): [float(r["low"]), float(r["high"])] for r in rows}
+
+
+def values(runs, old, epoch: int, which: str, metric: str) -> list[float]:
+    new = [r.evals[epoch][which][metric] for r in runs if epoch in r.evals and which in r.evals[epoch]]
+    return old.get((epoch, which, metric), []) + [v for v in new if v is not None]
+
+
+def main() -> None:
+    runs = [report.read_run(p) for p in sorted((HERE / "runs" / "default").glob("seed*"))]
+    old = recovered()
+    epochs = sorted({e for r in runs for e in r.evals} | {k[0] for k in old})
+    print(
+        "| epoch | seeds | G: Parzen (within-run s.e.) | G: FID | G: KID | G: classes "
+        "| EMA: Parzen (within-run s.e.) | EMA: FID | EMA: KID | EMA: classes |"
+    )
+    print("|" + "---|" * 10)
+    for epoch in epochs:
+        row = f"| {epoch} | {len(values(runs, old, epoch, 'raw', 'parzen_ll'))} |"
+        for which in ("raw", "ema"):
+            v = {m: values(runs, old, epoch, which, m) for m in METRICS}
+            within = sum(v["parzen_se"]) / len(v["parzen_se"])
+            row += (
+                f" {report.fmt(v['parzen_ll'])} (+- {within:.1f}) | {report.fmt(v['fid'])} | {report.fmt(v['kid'])} |"
+                f" {report.fmt(v['classes_covered'])} |"
+            )
+        print(row.replace("+-", "±"))
+    plot(runs, old, epochs, HERE.parent / "results_protocol.png")
+
+
+def plot(runs, old, epochs: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("parzen_ll", "Parzen (nats)"),
+        ("fid", "FID (classifier), lower is better"),
+        ("classes_covered", "classes"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+    for ax, (metric, ylabel) in zip(axes, panels):
+        for which, style in (("raw", "-"), ("ema", "--")):
+            # One dict per seed, epoch -> value; the two recovered seeds as their low and high values.
+            points = [{e: r.evals[e][which][metric] for e in r.evals if which in r.evals[e]} for r in runs]
+            points += [{e: old[(e, which, metric)][i] for e in epochs if (e, which, metric) in old} for i in (0, 1)]
+            label = f"{'EMA of G' if which == 'ema' else 'G'} ({len(points)} seeds)"
+            report._curve(ax, points, "C0" if which == "raw" else "C1", style, label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{ylabel}, mean +- s.e.")
+        if metric == "fid":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("The default (python src/train.py), full protocol every 10 epochs: seeds 300-304")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
