@@ -21,6 +21,7 @@ conv nets' conv layers keep Lightning's autocast. docs/speed.md has the measurem
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -131,8 +132,6 @@ def cpu_bf16_units() -> str | None:
 def precision_line(precision: str | int | None, accelerator: str) -> tuple[int, str]:
     """The log level and line that say which precision a run trains in and, on a CPU, whether the fast path
     suits this CPU: a warning when bf16-mixed is asked for on a CPU without bf16 matrix units."""
-    import logging
-
     fast = wants_fast_path(precision)
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return logging.INFO, f"precision: {precision or '32-true'}" + (" (the bf16 fast path)" if fast else "")
