@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from advnets.checkpoints import check_resume
-from advnets.config import check_config
+from advnets.config import check_config, trainer_arguments
 from advnets.errors import user_errors
 from advnets.launch import ranks_rerun_command, run_job_alone, sweep_name
 from advnets.loggers import finish_wandb
@@ -49,7 +49,11 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from advnets.progress import ProgressLines
 
     keep_noise_out_of_logs()  # Lightning's litlogger tip and known deprecation warnings of its dependencies
-    logging.getLogger(__name__).log(*precision_line(cfg.trainer.precision, cfg.trainer.accelerator))
+    trainer_args = trainer_arguments(cfg)
+    logging.getLogger(__name__).log(
+        *precision_line(trainer_args["precision"], cfg.trainer.accelerator, asked=cfg.trainer.precision)
+    )
+    cfg.trainer.precision = trainer_args["precision"]  # the module's hparams and the loggers' config: what ran
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
     datamodule.prepare_data()
@@ -58,8 +62,6 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     run_folder = Path(cfg.paths.output_dir)
     if ckpt_path:  # resumed in a run folder that has checkpoints already: that is expected
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    # trainer.max_time is ours: Lightning's timer would save the interrupted epoch as a finished one.
-    trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
     preemption = PreemptionHandler(parse_max_time(cfg.trainer.max_time))
     # Off a terminal (SLURM, nohup, CI), a line at a bounded rate instead of a bar redrawn for every batch.
     progress = (

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from advnets.config import trainer_arguments
 from advnets.data import build_datamodule
 from advnets.module import GAN
 from advnets.optim import ClassicMomentum
@@ -201,7 +202,7 @@ def test_every_option_builds_and_takes_a_training_step(
             before.update({n: p.detach().clone() for n, p in module.named_parameters()})
 
     trainer = pl.Trainer(
-        **cfg.trainer, logger=build_loggers(cfg) or False, enable_checkpointing=False, callbacks=[Before()]
+        **trainer_arguments(cfg), logger=build_loggers(cfg) or False, enable_checkpointing=False, callbacks=[Before()]
     )
     trainer.fit(module, datamodule=datamodule)
 
@@ -262,7 +263,7 @@ def test_trainer_builds_from_every_option(tmp_path, trainer_option):
         pytest.skip("needs a GPU")
     cfg = compose(f"trainer={trainer_option}", output_dir=tmp_path)
     loggers = build_loggers(cfg)
-    trainer = pl.Trainer(**cfg.trainer, logger=loggers)
+    trainer = pl.Trainer(**trainer_arguments(cfg), logger=loggers)
     assert trainer.loggers == loggers and len(loggers) == 2 and trainer.default_root_dir == str(tmp_path)
     assert trainer.max_epochs == 300 and trainer.log_every_n_steps == 50
     if "ddp" in trainer_option:

@@ -397,3 +397,47 @@ def test_precision_line_warns_where_bf16_is_emulated(monkeypatch):
         "precision: 32-true (fp32); this CPU has AMX-BF16: trainer.precision=bf16-mixed is the faster bf16 path",
     )
     assert precision.precision_line("bf16-mixed", "gpu") == (logging.INFO, "precision: bf16-mixed (the bf16 fast path)")
+
+
+def test_auto_precision_is_the_fast_path_only_for_the_fully_connected_nets_on_a_cpu_with_bf16_units(monkeypatch):
+    import logging
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for units in ("AMX-BF16", "AVX512-BF16", None):
+        monkeypatch.setattr(precision, "cpu_bf16_units", lambda units=units: units)
+        fast = "bf16-mixed" if units else "32-true"
+        assert precision.resolve_precision("auto", "auto", "maxout") == fast
+        assert precision.resolve_precision("auto", "cpu", "maxout") == fast
+        assert precision.resolve_precision("auto", "cpu", "conv") == "32-true"
+        assert precision.resolve_precision("auto", "gpu", "maxout") == "32-true"
+        for asked in ("32-true", "bf16-mixed", "16-mixed", None, 32):
+            assert precision.resolve_precision(asked, "cpu", "maxout") == asked  # Lightning's values as they are
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "AMX-BF16")
+    assert precision.precision_line("bf16-mixed", "cpu", asked="auto") == (
+        logging.INFO,
+        "precision: bf16-mixed, the fast path (this CPU has AMX-BF16), chosen by trainer.precision=auto",
+    )
+    assert precision.precision_line("32-true", "cpu", asked="auto") == (
+        logging.INFO,
+        "precision: 32-true (fp32), chosen by trainer.precision=auto (the fast path is measured on the fully connected"
+        " nets only)",
+    )
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: None)
+    assert precision.precision_line("32-true", "cpu", asked="auto") == (
+        logging.INFO,
+        "precision: 32-true (fp32), chosen by trainer.precision=auto (no bf16 matrix units here)",
+    )
+
+
+def test_trainer_arguments_resolve_auto_and_leave_out_max_time(monkeypatch):
+    from advnets.config import trainer_arguments
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "AMX-BF16")
+    cfg = compose("trainer.max_time=00:01:00:00")
+    assert cfg.trainer.precision == "auto"
+    args = trainer_arguments(cfg)
+    assert args["precision"] == "bf16-mixed" and "max_time" not in args
+    assert args.keys() == set(cfg.trainer) - {"max_time"}
+    assert trainer_arguments(compose("model=conv", "dataset=cifar10"))["precision"] == "32-true"
+    assert trainer_arguments(compose("experiment=figure1"))["precision"] == "32-true"

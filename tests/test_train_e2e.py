@@ -56,11 +56,23 @@ def test_run_logs_leave_out_lightnings_tip_and_known_deprecation_noise(trained):
 
 
 @pytest.mark.slow
-def test_first_log_line_says_the_precision_and_what_this_cpu_offers(trained):
-    from advnets.precision import precision_line
+def test_default_precision_is_the_fast_path_where_this_cpu_has_bf16_units_and_the_first_log_line_says_so(trained):
+    """trainer.precision=auto (the default): bf16-mixed on a CPU with AMX or AVX512-BF16, fp32 elsewhere; the
+    run's first log line says which, and the checkpoint's config holds the precision that ran."""
+    from advnets.precision import cpu_bf16_units
 
+    units = cpu_bf16_units() if not torch.cuda.is_available() else None
     first = (trained / "train.log").read_text().splitlines()[0]
-    assert first.endswith(f"[INFO] - {precision_line(None, 'auto')[1]}")
+    if units:
+        assert first.endswith(
+            f"[INFO] - precision: bf16-mixed, the fast path (this CPU has {units}), chosen by trainer.precision=auto"
+        )
+    else:
+        assert first.endswith(
+            "[INFO] - precision: 32-true (fp32), chosen by trainer.precision=auto (no bf16 matrix units here)"
+        )
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["config"]["trainer"]["precision"] == ("bf16-mixed" if units else "32-true")
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers.logger import Logger
 
+from advnets.config import trainer_arguments
 from advnets.data import TensorDataModule
 from advnets.module import GAN
 from conftest import compose
@@ -38,6 +39,9 @@ SMALL = [
     "model.discriminator.hidden_dropout=0",
     "model.ema_decay=null",
     "trainer.accelerator=cpu",
+    # The float64 replay checks fp32 steps (TOL below); trainer.precision=auto would take the bf16 fast path on a
+    # CPU with AMX, whose steps tests/test_fast_path.py checks against float64 within its own tolerance.
+    "trainer.precision=32-true",
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
     "trainer.limit_val_batches=0",
@@ -150,8 +154,7 @@ def fit(tmp_path, *overrides, batches=2, epochs=1):
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     logger = MemoryLogger()
     recorder = Recorder(logger)
-    trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
-    trainer = pl.Trainer(**trainer_args, logger=logger, callbacks=[recorder], enable_checkpointing=False)
+    trainer = pl.Trainer(**trainer_arguments(cfg), logger=logger, callbacks=[recorder], enable_checkpointing=False)
     trainer.fit(module, datamodule=TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed))
     return module, recorder.events, logger.rows
 
@@ -620,8 +623,7 @@ def evaluated(tmp_path_factory):
     torch.manual_seed(0)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     logger = MemoryLogger()
-    trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
-    trainer = pl.Trainer(**trainer_args, logger=logger, enable_checkpointing=False)
+    trainer = pl.Trainer(**trainer_arguments(cfg), logger=logger, enable_checkpointing=False)
     datamodule = TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed)
     calls = {"parzen": [], "real": [], "fake": []}
     stage = lambda: "test" if trainer.testing else "val"  # noqa: E731

@@ -148,3 +148,14 @@ def check_devices(trainer_cfg: DictConfig) -> None:
             f"trainer.devices={devices} asks for {devices} GPUs, but this machine has {found}: "
             f"use trainer.devices={found} (or -1: every GPU)"
         )
+
+
+def trainer_arguments(cfg: DictConfig) -> dict:
+    """pl.Trainer's arguments from cfg.trainer, as src/train.py builds its Trainer: trainer.max_time is ours (the
+    batch-end stop of advnets.guards.PreemptionHandler, not Lightning's timer) and trainer.precision=auto becomes
+    the precision it resolves to (advnets.precision.resolve_precision)."""
+    from advnets.precision import resolve_precision
+
+    args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k != "max_time"}
+    args["precision"] = resolve_precision(args["precision"], args["accelerator"], cfg.model.name)
+    return args

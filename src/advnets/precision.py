@@ -34,6 +34,7 @@ _on = False  # a plain global, not a thread-local: torch.compile guards on it (a
 DTYPE = torch.bfloat16
 _casts: WeakIdKeyDictionary = WeakIdKeyDictionary()  # layer -> {name: ((version, data pointer), bf16 cast)}
 FAST_PRECISION = "bf16-mixed"  # the Trainer precision that turns the fast path on
+AUTO = "auto"  # trainer.precision's default (ours, not Lightning's): resolve_precision
 
 
 def enabled() -> bool:
@@ -117,6 +118,21 @@ def wants_fast_path(precision: str | int | None) -> bool:
     return str(precision) == FAST_PRECISION
 
 
+def on_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(precision: str | int | None, accelerator: str, model: str) -> str | int | None:
+    """trainer.precision as the Trainer gets it. `auto`: bf16-mixed (the fast path) for the fully connected nets
+    (model=maxout) on a CPU with bf16 matrix units, where it was measured to pay and to train as well as fp32
+    (docs/speed.md); 32-true elsewhere: GPUs, the conv nets and CPUs that emulate bf16 (not measured to pay, or
+    measured not to). Any other value is Lightning's and passes as it is."""
+    if str(precision) != AUTO:
+        return precision
+    fast = model == "maxout" and not on_gpu(accelerator) and cpu_bf16_units() is not None
+    return FAST_PRECISION if fast else "32-true"
+
+
 def cpu_bf16_units() -> str | None:
     """The bf16 matrix instructions this CPU has (AMX-BF16, AVX512-BF16), or None: there oneDNN emulates bf16
     matmuls, which are then much slower than fp32 (on an AVX2-only AMD EPYC, 1.5 against 40 GFLOP/s for a
@@ -129,12 +145,14 @@ def cpu_bf16_units() -> str | None:
     return None
 
 
-def precision_line(precision: str | int | None, accelerator: str) -> tuple[int, str]:
-    """The log level and line that say which precision a run trains in and, on a CPU, whether the fast path
-    suits this CPU: a warning when bf16-mixed is asked for on a CPU without bf16 matrix units."""
+def precision_line(precision: str | int | None, accelerator: str, asked: str | int | None = None) -> tuple[int, str]:
+    """The log level and line that say which precision a run trains in (`precision`, resolved from `asked`) and,
+    on a CPU, whether the fast path suits this CPU: a warning when bf16-mixed is asked for on a CPU without bf16
+    matrix units."""
     fast = wants_fast_path(precision)
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return logging.INFO, f"precision: {precision or '32-true'}" + (" (the bf16 fast path)" if fast else "")
+    chosen = f", chosen by trainer.precision={AUTO}" if str(asked) == AUTO else ""
+    if on_gpu(accelerator):
+        return logging.INFO, f"precision: {precision or '32-true'}" + (" (the bf16 fast path)" if fast else "") + chosen
     units = cpu_bf16_units()
     if fast and units is None:
         return logging.WARNING, (
@@ -142,7 +160,10 @@ def precision_line(precision: str | int | None, accelerator: str) -> tuple[int, 
             " its bf16 matmuls are emulated and far slower than fp32; trainer.precision=32-true is faster here"
         )
     if fast:
-        return logging.INFO, f"precision: bf16-mixed, the fast path (this CPU has {units})"
+        return logging.INFO, f"precision: bf16-mixed, the fast path (this CPU has {units}){chosen}"
+    if chosen:
+        why = "the fast path is measured on the fully connected nets only" if units else "no bf16 matrix units here"
+        return logging.INFO, f"precision: 32-true (fp32){chosen} ({why})"
     hint = f"; this CPU has {units}: trainer.precision=bf16-mixed is the faster bf16 path" if units else ""
     return logging.INFO, f"precision: {precision or '32-true'} (fp32){hint}"
 
@@ -158,5 +179,6 @@ __all__ = [
     "linear",
     "maxout",
     "precision_line",
+    "resolve_precision",
     "wants_fast_path",
 ]
