@@ -56,14 +56,27 @@ def test_an_unknown_model_name_builds_no_net():
     "override, message",
     [
         ("stabilisers.r1_gamma=0", "stabilisers.r1_gamma must be > 0 (null: off), got 0"),
+        ("stabilisers.r1_gamma_start=-1", "stabilisers.r1_gamma_start must be > 0 (null: no schedule), got -1"),
+        ("stabilisers.r1_anneal_updates=0", None),  # no schedule: the count is not read
+        (
+            "stabilisers.r1_gamma_start=1 stabilisers.r1_anneal_updates=0",
+            "stabilisers.r1_anneal_updates must be >= 1, got 0",
+        ),
+        (
+            "stabilisers.r1_gamma_start=1 stabilisers.r1_gamma=null",
+            "stabilisers.r1_gamma_start needs R1 on: set stabilisers.r1_gamma (the value it ends at)",
+        ),
         ("stabilisers.instance_noise_std=-1", "stabilisers.instance_noise_std must be > 0 (null: off), got -1"),
         ("dataset.eval_batch_size=0", "dataset.eval_batch_size must be >= 1, got 0"),
         ("optimizer.g_lr=0", "optimizer.g_lr must be > 0, got 0"),
     ],
 )
 def test_each_range_is_refused_by_the_config_check(override, message):
+    if message is None:
+        check_config(compose(*override.split()))
+        return
     with pytest.raises(UserError) as e:
-        check_config(compose(override))
+        check_config(compose(*override.split()))
     assert str(e.value) == message
 
 

@@ -35,6 +35,20 @@ def test_r1_on_a_linear_discriminator_is_half_gamma_times_the_squared_weight_nor
         assert torch.allclose(grad, gamma * w, rtol=1e-12)
 
 
+def test_r1_schedule_falls_linearly_from_its_start_to_gamma_and_stays_there():
+    r1 = R1Penalty(0.1, start=1.0, anneal_updates=1000)
+    for n, expected in ((0, 1.0), (250, 0.775), (500, 0.55), (999, 0.1009), (1000, 0.1), (5000, 0.1)):
+        assert r1.gamma_at(n) == pytest.approx(expected, rel=1e-12), n
+    assert R1Penalty(0.1).gamma_at(0) == R1Penalty(0.1).gamma_at(10**6) == 0.1
+    # The penalty uses the scheduled gamma: on a linear D, gamma_at(n) / 2 * ||w||^2.
+    w = torch.tensor([[3.0, -4.0]])
+    d = lambda x: x @ w.T  # noqa: E731
+    real = torch.randn(5, 2)
+    for n in (0, 500, 2000):
+        _, penalty = r1.logits_and_penalty(d, real, n)
+        assert float(penalty) == pytest.approx(r1.gamma_at(n) / 2 * 25.0, rel=1e-6)
+
+
 def test_r1_on_a_quadratic_discriminator_matches_the_per_sample_gradient():
     # D(x) = sum(a * x^2): grad_x = 2 a x, so the penalty is gamma/2 * mean_i sum_j (2 a_j x_ij)^2.
     a = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)

@@ -180,6 +180,8 @@ class Settings:
     d_scale: float = 0.5
     generator_loss: str = "nonsaturating"
     r1_gamma: float = 0.1
+    r1_start: float | None = None
+    r1_anneal: int = 5000
     noise_std: float = 0.0
     noise_anneal: int = 50000
     d_lr: float = 0.1
@@ -208,9 +210,10 @@ def flat(weights: dict) -> torch.Tensor:
     return torch.cat([p.flatten() for p in weights.values()]).double()
 
 
-def d_objective(d, real_in, fake_in, s: Settings):
-    """D's loss written out: -d_scale [a log D(x) + (1 - a) log(1 - D(x)) + log(1 - D(G(z)))] + R1; and
-    (D(x), D(G(z)), the R1 term) as the module logs them."""
+def d_objective(d, real_in, fake_in, s: Settings, g_updates: int):
+    """D's loss written out: -d_scale [a log D(x) + (1 - a) log(1 - D(x)) + log(1 - D(G(z)))] + R1 (its gamma
+    annealed from r1_start over r1_anneal G updates where r1_start is set); and (D(x), D(G(z)), the R1 term) as
+    the module logs them."""
     x = real_in.double().requires_grad_()
     p_real, p_fake = torch.sigmoid(d(x)), torch.sigmoid(d(fake_in.double()))
     a = s.real_label
@@ -219,7 +222,9 @@ def d_objective(d, real_in, fake_in, s: Settings):
     if s.r1_gamma:
         logits = torch.logit(p_real)
         (gx,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-        r1 = s.r1_gamma / 2 * gx.pow(2).flatten(1).sum(1).mean()
+        t = min(1.0, g_updates / s.r1_anneal)
+        gamma = s.r1_gamma if s.r1_start is None else s.r1_start * (1 - t) + s.r1_gamma * t
+        r1 = gamma / 2 * gx.pow(2).flatten(1).sum(1).mean()
     return loss + r1, p_real.mean(), p_fake.mean(), r1
 
 
@@ -315,7 +320,7 @@ def replay(module, events, rows, s: Settings) -> None:
                     f"expected {std:.4f}"
                 )
         d_ref = float64_net(module.discriminator, d_pre["D"])
-        loss, d_real, d_fake, r1 = d_objective(d_ref, real_in, fake_in, s)
+        loss, d_real, d_fake, r1 = d_objective(d_ref, real_in, fake_in, s, updates["G"])
         grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(d_ref.parameters()))])
         change = update(state["D"], grad, s.d_lr, updates["D"], mu, s)
         check(f"batch {b + 1}: D's step", flat(d_post["D"]), flat(d_pre["D"]) + change)
@@ -390,6 +395,11 @@ CASES = {
     "minimax": (["loss=minimax"], {}, Settings(generator_loss="minimax")),
     "r1_gamma": (["stabilisers.r1_gamma=3.0"], {}, Settings(r1_gamma=3.0)),
     "r1_off": (["stabilisers.r1_gamma=null"], {}, Settings(r1_gamma=0.0)),
+    "r1_schedule": (
+        ["stabilisers.r1_gamma=0.5", "stabilisers.r1_gamma_start=3.0", "stabilisers.r1_anneal_updates=2"],
+        {"batches": 3},
+        Settings(r1_gamma=0.5, r1_start=3.0, r1_anneal=2),
+    ),
     "instance_noise": (
         ["stabilisers.instance_noise_std=0.3", "stabilisers.instance_noise_anneal_updates=2"],
         {"batches": 3},
@@ -451,8 +461,10 @@ def test_the_settings_replayed_here_are_the_composed_defaults():
     cfg = compose(*SMALL)
     s = Settings()
     assert (s.real_label, s.d_scale, s.generator_loss) == (cfg.loss.real_label, cfg.loss.d_scale, cfg.loss.generator)
-    assert (s.r1_gamma, s.noise_anneal, s.k, s.schedule) == (
+    assert (s.r1_gamma, s.r1_start, s.r1_anneal, s.noise_anneal, s.k, s.schedule) == (
         cfg.stabilisers.r1_gamma,
+        cfg.stabilisers.r1_gamma_start,
+        cfg.stabilisers.r1_anneal_updates,
         cfg.stabilisers.instance_noise_anneal_updates,
         cfg.k,
         cfg.schedule,

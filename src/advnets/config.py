@@ -93,6 +93,14 @@ def check_additions(cfg: DictConfig) -> None:
     stabilisers = cfg.stabilisers
     if stabilisers.r1_gamma is not None and float(stabilisers.r1_gamma) <= 0:
         raise UserError(f"stabilisers.r1_gamma must be > 0 (null: off), got {stabilisers.r1_gamma}")
+    start = stabilisers.get("r1_gamma_start")
+    if start is not None:
+        if stabilisers.r1_gamma is None:
+            raise UserError("stabilisers.r1_gamma_start needs R1 on: set stabilisers.r1_gamma (the value it ends at)")
+        if float(start) <= 0:
+            raise UserError(f"stabilisers.r1_gamma_start must be > 0 (null: no schedule), got {start}")
+        if int(stabilisers.r1_anneal_updates) < 1:
+            raise UserError(f"stabilisers.r1_anneal_updates must be >= 1, got {stabilisers.r1_anneal_updates}")
     if stabilisers.instance_noise_std is not None:
         if float(stabilisers.instance_noise_std) <= 0:
             raise UserError(

@@ -209,7 +209,7 @@ class GAN(pl.LightningModule):
             # D called without torch.compile (model.compile): R1 differentiates D's input gradient again, which
             # a compiled forward (AOTAutograd) cannot. `_call_impl` is nn.Module's call as it is before
             # nn.Module.compile, forward hooks included.
-            real_logits, penalty = self.r1.logits_and_penalty(self.discriminator._call_impl, real)
+            real_logits, penalty = self.r1.logits_and_penalty(self.discriminator._call_impl, real, self.g_updates)
             self.step_record["r1_penalty"] = penalty.detach()
         else:
             real_logits, penalty = self.discriminator(real), 0.0

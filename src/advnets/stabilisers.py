@@ -1,7 +1,7 @@
 """Stabilisers of D's update, each off by default (the paper has none); see docs/stability.md.
 
 - `R1Penalty`: gamma/2 * E_x ||grad_x D(x)||^2 on real data, D(x) the logit (Mescheder et al. 2018,
-  "Which training methods for GANs do actually converge?").
+  "Which training methods for GANs do actually converge?"), gamma constant or annealed linearly from a start.
 - `InstanceNoise`: Gaussian noise on every input of D, real and generated, its std annealed linearly
   to 0 (Sonderby et al. 2017, "Amortised MAP inference for image super-resolution").
 - One-sided label smoothing (Salimans et al. 2016) is `loss.real_label` (advnets.losses), and the two
@@ -17,17 +17,28 @@ from torch import Tensor, nn
 
 
 class R1Penalty:
-    """gamma/2 * mean over the batch of ||grad_x D(x)||^2, differentiable w.r.t. D's weights."""
+    """gamma/2 * mean over the batch of ||grad_x D(x)||^2, differentiable w.r.t. D's weights.
 
-    def __init__(self, gamma: float):  # gamma > 0: checked with the run config (advnets.config)
-        self.gamma = float(gamma)
+    With `start`, gamma is annealed: start * (1 - t) + gamma * t, t = min(1, G updates / anneal_updates). A
+    strong penalty trains fastest in the first epochs and a weak one best later (docs/stability.md)."""
 
-    def logits_and_penalty(self, discriminator: nn.Module, real: Tensor) -> tuple[Tensor, Tensor]:
-        """D's logits on `real` and the penalty, from one forward pass (same dropout masks)."""
+    # gamma, start > 0 and anneal_updates >= 1: checked with the run config (advnets.config)
+    def __init__(self, gamma: float, start: float | None = None, anneal_updates: int = 1):
+        self.gamma, self.start, self.anneal_updates = float(gamma), start, int(anneal_updates)
+
+    def gamma_at(self, g_updates: int) -> float:
+        if self.start is None:
+            return self.gamma
+        t = min(1.0, g_updates / self.anneal_updates)
+        return float(self.start) * (1.0 - t) + self.gamma * t
+
+    def logits_and_penalty(self, discriminator: nn.Module, real: Tensor, g_updates: int = 0) -> tuple[Tensor, Tensor]:
+        """D's logits on `real` and the penalty after `g_updates` G updates, from one forward pass (same
+        dropout masks)."""
         real = real.detach().requires_grad_()
         logits = discriminator(real)
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-        return logits, 0.5 * self.gamma * grad.pow(2).flatten(1).sum(1).mean()
+        return logits, 0.5 * self.gamma_at(g_updates) * grad.pow(2).flatten(1).sum(1).mean()
 
 
 class InstanceNoise:
@@ -49,7 +60,10 @@ class InstanceNoise:
 def build_stabilisers(cfg: Mapping) -> tuple[R1Penalty | None, InstanceNoise | None]:
     """The `stabilisers` config block as objects (None: off; checkpoints of code older than the block have none)."""
     gamma, std = cfg.get("r1_gamma"), cfg.get("instance_noise_std")
+    start = cfg.get("r1_gamma_start")
     return (
-        R1Penalty(float(gamma)) if gamma is not None else None,
+        R1Penalty(float(gamma), None if start is None else float(start), int(cfg.get("r1_anneal_updates") or 1))
+        if gamma is not None
+        else None,
         InstanceNoise(float(std), int(cfg["instance_noise_anneal_updates"])) if std is not None else None,
     )
