@@ -129,6 +129,7 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from advnets.config import trainer_arguments
     from advnets.data import build_datamodule
     from advnets.loggers import build_loggers, finish_wandb
     from advnets.module import GAN
@@ -140,6 +141,9 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
         f"dataset.batch_size={batch}",
         "test_after_fit=false",
         f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+        # fp32 unless a row asks for another precision: (a) is compared with the plain fp32 loop (b), and
+        # trainer.precision=auto would take bf16 on a CPU with AMX.
+        "trainer.precision=32-true",
         *OPTIONS["extra"],
         *OPTIONS["logger"],
         *extra,
@@ -151,7 +155,7 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
     timer = _Timer()
     timer.total = iters
     trainer_args = {
-        **cfg.trainer,
+        **trainer_arguments(cfg),
         "max_epochs": 1,
         "limit_train_batches": iters,
         "limit_val_batches": 0,

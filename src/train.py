@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
     with user_errors(Path(cfg.paths.output_dir), Path(cfg.paths.log_dir)):
         check_config(cfg)
         ckpt_path = check_resume(cfg)
-        if sweep_name() and ranks_rerun_command(cfg.trainer):
+        if sweep_name() and ranks_rerun_command(trainer_arguments(cfg)):
             run_job_alone(cfg, Path(__file__).resolve())  # DDP inside a multirun: see run_job_alone
             return
         train(cfg, ckpt_path)

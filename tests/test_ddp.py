@@ -113,6 +113,9 @@ def ddp_run(data_dir, tmp_path_factory):
     proc = run_script(
         "train.py",
         "trainer=ddp_cpu",
+        # fp32: the checks below replay the ranks' steps and dropout masks in fp32 (trainer.precision=auto would
+        # take the bf16 fast path, with its own masks, on a CPU with AMX).
+        "trainer.precision=32-true",
         f"k={K}",
         *tiny_run(data_dir, BATCHES),
         *NETS,

@@ -28,7 +28,7 @@ def multirun_job_overrides() -> list[str] | None:
     return None if job is None else list(job.overrides.task)
 
 
-def ranks_rerun_command(trainer_cfg: DictConfig) -> bool:
+def ranks_rerun_command(trainer_args: dict) -> bool:
     """Whether Lightning starts the other DDP ranks by re-running this process's command line.
 
     True for `strategy=ddp*` with several processes per node, unless torchrun or SLURM started the ranks.
@@ -37,7 +37,7 @@ def ranks_rerun_command(trainer_cfg: DictConfig) -> bool:
 
     from advnets.lightning_internals import starts_ranks_by_rerunning_the_command
 
-    strategy = pl.Trainer(**trainer_cfg, logger=False, enable_checkpointing=False).strategy
+    strategy = pl.Trainer(**trainer_args, logger=False, enable_checkpointing=False).strategy
     return (
         starts_ranks_by_rerunning_the_command(strategy)
         and strategy.num_processes > 1
