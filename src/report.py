@@ -335,6 +335,14 @@ def protocol_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The full protocol's panels, (read_evals key, axis label): plot_protocol's and docs/results/five_seeds.py's.
+PROTOCOL_PANELS = (
+    ("parzen_ll", "Parzen log-likelihood (nats)"),
+    ("fid", "FID (classifier), lower is better"),
+    ("classes_covered", "classes covered"),
+)
+
+
 def plot_protocol(runs: list[Run], path: Path) -> None:
     """The full protocol against epochs: Parzen, FID and classes covered of G (solid) and its EMA (dashed)."""
     import matplotlib
@@ -342,13 +350,8 @@ def plot_protocol(runs: list[Run], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("parzen_ll", "Parzen log-likelihood (nats)"),
-        ("fid", "FID (classifier), lower is better"),
-        ("classes_covered", "classes covered"),
-    ]
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
-    for ax, (key, ylabel) in zip(axes, panels):
+    for ax, (key, ylabel) in zip(axes, PROTOCOL_PANELS):
         for i, (label, group) in enumerate(settings(runs).items()):
             for which, style in (("raw", "-"), ("ema", "--")):
                 points = [

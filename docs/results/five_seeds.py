@@ -103,13 +103,8 @@ def plot(runs, old, epochs: list[int], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("parzen_ll", "Parzen (nats)"),
-        ("fid", "FID (classifier), lower is better"),
-        ("classes_covered", "classes"),
-    ]
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
-    for ax, (metric, ylabel) in zip(axes, panels):
+    for ax, (metric, ylabel) in zip(axes, report.PROTOCOL_PANELS):
         for which, style in (("raw", "-"), ("ema", "--")):
             # One dict per seed, epoch -> value; the two recovered seeds as their low and high values.
             points = [{e: r.evals[e][which][metric] for e in epochs if which in r.evals.get(e, {})} for r in runs]
