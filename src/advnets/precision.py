@@ -75,8 +75,66 @@ def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """layer(x) in bf16 on the fast path (output bf16), as nn.Linear elsewhere."""
     if not enabled():
         return F.linear(x, layer.weight, layer.bias)
-    bias = cast(layer, "bias") if layer.bias is not None else None
-    return F.linear(x.to(DTYPE), cast(layer, "weight"), bias)
+    weight, bias = cast(layer, "weight"), cast(layer, "bias") if layer.bias is not None else None
+    if torch.compiler.is_compiling():  # Inductor chooses its own matmul layouts
+        return F.linear(x.to(DTYPE), weight, bias)
+    return _Linear.apply(x.to(DTYPE), weight, bias)
+
+
+def _transposed_mm(a: Tensor, b: Tensor) -> Tensor:
+    """a^T b, with a^T copied row-major first: oneDNN's bf16 matmul runs two to three times slower when its
+    first operand is a transposed view, which is what autograd's weight gradient gy^T x multiplies (the batch,
+    the contraction, is the leading dimension of both); the copy costs far less (docs/speed.md)."""
+    return a.t().contiguous().mm(b)
+
+
+def _computes_gradient_of(tensor: Tensor | None) -> bool:
+    """Inside a backward pass: whether this pass wants `tensor`'s gradient. R1's pass (autograd.grad w.r.t. D's
+    input) does not want the weights': a custom Function is called for every input, so it must skip them itself,
+    as autograd's own matmul backward does."""
+    if tensor is None or not tensor.requires_grad:
+        return False
+    return torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(tensor).node)
+
+
+class _Linear(torch.autograd.Function):
+    """x w^T + b in bf16, whose weight gradient is a `_transposed_mm` and whose input gradient, when R1
+    differentiates it again (create_graph), is an `_InputGradient`: the same layout for its weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight, bias)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        x, weight, bias = ctx.saved_tensors
+        grad_y = grad_y.to(DTYPE)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _InputGradient.apply(grad_y, weight) if torch.is_grad_enabled() else grad_y.mm(weight)
+        if ctx.needs_input_grad[1] and _computes_gradient_of(weight):
+            grad_weight = _transposed_mm(grad_y, x)
+        if ctx.needs_input_grad[2] and _computes_gradient_of(bias):
+            grad_bias = grad_y.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+class _InputGradient(torch.autograd.Function):
+    """grad_y w, the input gradient of `_Linear`, differentiable once more (R1's penalty on D's input gradient)."""
+
+    @staticmethod
+    def forward(ctx, grad_y: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(grad_y, weight)
+        return grad_y.mm(weight)
+
+    @staticmethod
+    def backward(ctx, grad_grad_x: Tensor):
+        grad_y, weight = ctx.saved_tensors
+        grad_grad_x = grad_grad_x.to(DTYPE)
+        grad_grad_y = grad_grad_x.mm(weight.t()) if ctx.needs_input_grad[0] else None
+        grad_weight = _transposed_mm(grad_y, grad_grad_x) if ctx.needs_input_grad[1] and _computes_gradient_of(weight) else None
+        return grad_grad_y, grad_weight
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
