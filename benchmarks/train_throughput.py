@@ -94,6 +94,41 @@ LIKE_PLAIN = ["stabilisers.r1_gamma=null", "model.ema_decay=null"]
 OPTIONS = {"extra": LIKE_PLAIN, "logger": []}  # set from the command line in main()
 
 
+# Where a step's time goes, by kind of work: the profiled ops' self CPU time (time_shares).
+TIME_SHARES = {
+    "matmuls": ("aten::mm", "aten::addmm"),
+    "optimisers, EMA, G's gradient norm": (
+        "aten::_foreach_add_",
+        "aten::_foreach_mul_",
+        "aten::_foreach_lerp_",
+        "aten::_foreach_norm",
+    ),
+    "casts (weights, gradients)": ("aten::copy_",),
+    "maxout and its backward": ("aten::max", "aten::amax", "aten::scatter", "aten::scatter_", "aten::gather"),
+    "dropout masks": ("aten::random_", "aten::bernoulli_", "aten::ge"),
+}
+
+
+def time_shares(events, batches: int, seconds: float) -> str:
+    """One line per TIME_SHARES kind: its share of the ops' self CPU time and ms per batch, then the rest, and
+    the time outside any op (Python, autograd's engine, Lightning) as the wall time less the ops'."""
+    self_us = {e.key: e.self_cpu_time_total for e in events}
+    total = sum(self_us.values())
+    lines, counted = [], 0.0
+    for kind, ops in TIME_SHARES.items():
+        us = sum(self_us.get(op, 0.0) for op in ops)
+        counted += us
+        lines.append(f"  {kind:<36} {us / total:4.0%} of the ops' time, {us / batches / 1e3:5.1f} ms a batch")
+    lines.append(
+        f"  {'other ops':<36} {(total - counted) / total:4.0%} of the ops' time, {(total - counted) / batches / 1e3:5.1f} ms a batch"
+    )
+    outside = seconds * 1e6 - total
+    lines.append(
+        f"  outside the ops: {outside / batches / 1e3:.1f} ms a batch of {seconds / batches * 1e3:.1f} ms (wall, profiled)"
+    )
+    return "\n".join(lines)
+
+
 class _Profile:
     """A torch.profiler trace of `batches` training batches after `skip` (compilation and warm-up)."""
 
@@ -110,9 +145,11 @@ class _Profile:
                         activities.append(torch.profiler.ProfilerActivity.CUDA)
                     cb.prof = torch.profiler.profile(activities=activities)
                     cb.prof.__enter__()
+                    cb.start = time.perf_counter()
 
             def on_train_batch_end(cb, trainer, module, outputs, batch, batch_idx):
                 if batch_idx == skip + batches - 1:
+                    seconds = time.perf_counter() - cb.start
                     cb.prof.__exit__(None, None, None)
                     cuda = trainer.strategy.root_device.type == "cuda"
                     self.table = cb.prof.key_averages().table(
@@ -120,6 +157,8 @@ class _Profile:
                         row_limit=15,
                         max_name_column_width=45,
                     )
+                    if not cuda:
+                        self.table += "\nwhere the time goes:\n" + time_shares(cb.prof.key_averages(), batches, seconds)
 
         self.callback = Callback()
 

@@ -44,3 +44,34 @@ def test_quality_benchmark_tiny(data_dir, capsys):
     assert re.search(
         r"^per validation epoch: 200 samples .* KID over 2 subsets: \d+\.\d+ s per generator", out, re.M
     ), out
+
+
+def test_time_shares_sums_each_kind_of_work():
+    """benchmarks/train_throughput.py's "where the time goes": each kind's share of the ops' self time and its ms a
+    batch, the ops it does not name as the rest, and the wall time outside the ops."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("train_throughput", REPO / "benchmarks" / "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    us = {
+        "aten::mm": 30_000,
+        "aten::addmm": 10_000,
+        "aten::_foreach_add_": 20_000,
+        "aten::copy_": 10_000,
+        "aten::relu": 30_000,
+    }
+    events = [SimpleNamespace(key=k, self_cpu_time_total=v) for k, v in us.items()]
+    lines = bench.time_shares(events, batches=10, seconds=0.2).splitlines()
+    rows = [re.fullmatch(r"  (.+?) +(\d+)% of the ops' time, +([\d.]+) ms a batch", line) for line in lines[:-1]]
+    shares = {m.group(1): (int(m.group(2)), float(m.group(3))) for m in rows}
+    assert shares == {
+        "matmuls": (40, 4.0),
+        "optimisers, EMA, G's gradient norm": (20, 2.0),
+        "casts (weights, gradients)": (10, 1.0),
+        "maxout and its backward": (0, 0.0),
+        "dropout masks": (0, 0.0),
+        "other ops": (30, 3.0),
+    }
+    assert lines[-1] == "  outside the ops: 10.0 ms a batch of 20.0 ms (wall, profiled)"

@@ -303,6 +303,68 @@ def test_weights_are_cast_once_per_value():
     assert precision.linear(torch.ones(1, 3), layer).dtype == torch.float32  # outside the context: fp32
 
 
+def _layer_gradients(layer: torch.nn.Linear, x: torch.Tensor, fast: bool):
+    """The gradients of an R1-like value, sum(y c) + sum((d sum(y c) / dx)^2), w.r.t. x, the weight and the bias:
+    the first-order pass and the second-order one through the input gradient."""
+    c = torch.linspace(-1, 1, layer.out_features, dtype=x.dtype)
+    x = x.clone().requires_grad_()
+    with precision.bf16_matmuls(fast):
+        y = precision.fp32(precision.linear(x, layer))
+        (grad_x,) = torch.autograd.grad((y * c).sum(), x, create_graph=True)
+        value = (y * c).sum() + grad_x.float().pow(2).sum()
+        return torch.autograd.grad(value, [x, layer.weight, layer.bias])
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 3), (100, 784, 1200)])
+def test_fast_path_linear_gradients_to_second_order(shape):
+    """The fast path's linear layer (its own backward: a row-major gy^T for the weight gradient, and an input
+    gradient R1 differentiates again) against autograd's on the same bf16-rounded weights and inputs in float64:
+    every gradient within 1% (bf16 rounding of the matmul inputs in the backward), and the input's and weight's
+    not bit for bit fp32's."""
+    batch, n_in, n_out = shape
+    torch.manual_seed(5)
+    layer = torch.nn.Linear(n_in, n_out)
+    x = torch.randn(batch, n_in)
+    got = _layer_gradients(layer, x, fast=True)
+    ref = copy.deepcopy(layer).double()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(p.to(torch.bfloat16))
+    want = _layer_gradients(ref, x.to(torch.bfloat16).double(), fast=False)
+    fp32 = _layer_gradients(layer, x, fast=False)
+    for name, g, w, f in zip(["x", "weight", "bias"], got, want, fp32):
+        assert g.dtype == torch.float32 and g.shape == w.shape, name
+        assert relative_error(g, w) < 0.01, (name, relative_error(g, w))
+        if name != "bias":  # batch * c: exact in both
+            assert not torch.equal(g, f), name
+
+
+def test_input_gradient_pass_computes_no_weight_gradients():
+    """autograd.grad w.r.t. the input alone (R1's first pass) runs one matmul per layer, the input gradient's;
+    a backward to the weights runs two (input and weight), and a weight-only one (the first layer: D's input is
+    data) one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMatmuls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm)
+            return func(*args, **(kwargs or {}))
+
+    layer = torch.nn.Linear(6, 4)
+    with precision.bf16_matmuls():
+        for wrt, expected in (("x", 1), ("all", 2), ("weights", 1)):
+            x = torch.randn(3, 6, requires_grad=wrt != "weights")
+            y = precision.linear(x, layer).sum()  # the forward's addmm, counted apart
+            inputs = {"x": [x], "all": [x, layer.weight], "weights": [layer.weight]}[wrt]
+            with CountMatmuls() as counter:
+                torch.autograd.grad(y, inputs)
+            assert counter.count == expected, (wrt, counter.count)
+
+
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_cheap_dropout_masks(p):
     """Drop rate round(p 2^16) / 2^16 within 5 standard errors over 10^6 units; kept units scaled to keep the
