@@ -87,8 +87,9 @@ def linear(x: Tensor, layer: nn.Linear) -> Tensor:
 def _transposed_mm(a: Tensor, b: Tensor) -> Tensor:
     """a^T b, with a^T copied row-major first: oneDNN's bf16 matmul runs two to three times slower when its
     first operand is a transposed view, which is what autograd's weight gradient gy^T x multiplies (the batch,
-    the contraction, is the leading dimension of both); the copy costs far less (docs/speed.md)."""
-    return a.t().contiguous().mm(b)
+    the contraction, is the leading dimension of both); the copy costs far less (docs/speed.md). cuBLAS takes the
+    transposed view as it is."""
+    return a.t().mm(b) if a.is_cuda else a.t().contiguous().mm(b)
 
 
 def _computes_gradient_of(tensor: Tensor | None) -> bool:
