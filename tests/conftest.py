@@ -52,6 +52,24 @@ def compose(*overrides: str, output_dir: str | Path = "/tmp/advnets-test-run"):
     return cfg
 
 
+def bare_trainer(root: str | Path, **options):
+    """A CPU Trainer for a test's own short fit: one epoch, no logger, checkpoints, progress bar or validation,
+    unless `options` (any Trainer argument: max_steps, precision, callbacks, limit_val_batches=None...) say
+    otherwise."""
+    import pytorch_lightning as pl
+
+    defaults = dict(
+        max_epochs=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        default_root_dir=root,
+    )
+    return pl.Trainer(**{**defaults, **options})
+
+
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600, cwd: Path = REPO):
     """Run `python src/<script> args...` as a user would, W&B offline; returns the CompletedProcess."""
     full_env = {

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from advnets.data import build_datamodule
 from advnets.module import GAN
 from advnets.optim import ClassicMomentum, anneal_factor
-from conftest import TINY_FIT, compose
+from conftest import TINY_FIT, bare_trainer, compose
 
 BATCH, BATCHES = 2500, 20  # 20 batches an epoch
 LR0, DECAY = 0.1, 1.000004
@@ -63,15 +63,8 @@ class LrRecorder(pl.Callback):
 def fit(cfg, tmp, max_epochs, ckpt_path=None, callbacks=()):
     pl.seed_everything(cfg.seed, verbose=False)  # as train.py: the same initial weights
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp,
-        num_sanity_val_steps=0,
-        callbacks=list(callbacks),
+    trainer = bare_trainer(
+        tmp, max_epochs=max_epochs, limit_val_batches=None, num_sanity_val_steps=0, callbacks=list(callbacks)
     )
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed), ckpt_path=ckpt_path)
     return module, trainer

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from advnets.data import build_datamodule
 from advnets.ema import GeneratorEMA, ema_beta
 from advnets.module import GAN
-from conftest import TINY_FIT, compose
+from conftest import TINY_FIT, bare_trainer, compose
 
 BATCH = 2500  # 20 batches an epoch
 SMALL = TINY_FIT
@@ -66,16 +66,7 @@ class EMARecorder(pl.Callback):
 
 
 def fit_one_epoch(module: GAN, cfg, tmp_path, *callbacks: pl.Callback) -> None:
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-        callbacks=list(callbacks),
-    )
+    trainer = bare_trainer(tmp_path, limit_val_batches=None, num_sanity_val_steps=0, callbacks=list(callbacks))
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
 
 

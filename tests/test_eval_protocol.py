@@ -14,13 +14,12 @@ import math
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf, open_dict
 
 from advnets.data import EpochBatchSampler, TensorBatches
 from advnets.module import GAN
-from conftest import REPO, compose
+from conftest import REPO, bare_trainer, compose
 from parzen_reference import protocol
 from test_tfd import write_tfd
 
@@ -68,15 +67,7 @@ def checkpoint(path, shape, *overrides: str):
     torch.manual_seed(0)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     x = torch.rand(8, *shape, generator=torch.Generator().manual_seed(1))
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=path.parent,
-    )
+    trainer = bare_trainer(path.parent)
     trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(8, 8, seed=0, shuffle=False)))
     with torch.no_grad():
         for p in module.generator.parameters():

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from advnets.data import build_datamodule
 from advnets.errors import UserError
 from advnets.module import GAN
-from conftest import compose
+from conftest import bare_trainer, compose
 from test_tfd import write_tfd
 
 EXPECTED = {  # experiment: (dataset, model, lr0, batch, max epochs, max col norm)
@@ -46,16 +46,7 @@ SMALL_2 = (
 
 def fit(cfg, tmp_path, steps, callbacks=()):
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        callbacks=list(callbacks),
-    )
+    trainer = bare_trainer(tmp_path, max_epochs=None, max_steps=steps, callbacks=list(callbacks))
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
     return module, trainer
 
@@ -107,13 +98,10 @@ def fit_epochs(cfg, root, epochs, ckpt_path=None):
 
     torch.manual_seed(0)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(
+    trainer = bare_trainer(
+        root,
         max_epochs=epochs,
-        limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=root,
+        enable_checkpointing=True,
         callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)],
     )
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed), ckpt_path=ckpt_path)

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from advnets import precision
 from advnets.data import EpochBatchSampler, TensorBatches
 from advnets.module import GAN
-from conftest import compose
+from conftest import bare_trainer, compose
 
 GAMMA = 1.0
 SMALL = [
@@ -99,17 +99,7 @@ def fit(tmp_path, schedule: str, precision_: str, *extra: str, dropout=None):
 
     module.noise = noise
     x = torch.rand(BATCH * STEPS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        precision=precision_,
-        callbacks=[recorder],
-    )
+    trainer = bare_trainer(tmp_path, precision=precision_, callbacks=[recorder])
     real_dropout = precision.dropout
     if dropout is not None:
         precision.dropout = dropout
@@ -388,16 +378,7 @@ def fit_epochs(root, epochs: int, ckpt_path=None):
     torch.manual_seed(0)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     x = torch.rand(BATCH * STEPS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=root,
-        precision="bf16-mixed",
-    )
+    trainer = bare_trainer(root, max_epochs=epochs, precision="bf16-mixed")
     trainer.fit(
         module,
         train_dataloaders=TensorBatches(x, EpochBatchSampler(len(x), BATCH, seed=0, shuffle=True)),

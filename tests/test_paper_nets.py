@@ -1,13 +1,12 @@
 """The paper's nets for every new model x dataset pair: sizes, shapes, and real training steps on tiny files."""
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
 from advnets.data import build_datamodule
 from advnets.module import GAN
-from conftest import compose
+from conftest import bare_trainer, compose
 from test_cifar10 import PER_BATCH, write_cifar
 from test_tfd import write_tfd
 
@@ -76,15 +75,7 @@ def test_paper_nets_sizes_and_steps(data_dir, tmp_path, model, dataset):
     z = module.noise(4, torch.Generator().manual_seed(0), device="cpu")
     assert module.generator(z).shape == (4, *shape) and module.discriminator(torch.rand(4, *shape)).shape == (4,)
     before = [p.detach().clone() for p in module.parameters()]
-    trainer = pl.Trainer(
-        max_steps=4,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-    )
+    trainer = bare_trainer(tmp_path, max_epochs=None, max_steps=4)
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
     assert (module.d_updates, module.g_updates) == (2, 2)
     assert all(torch.isfinite(p).all() for p in module.parameters())

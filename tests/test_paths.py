@@ -18,7 +18,7 @@ from advnets.figures import display, figure_2, nearest_neighbours
 from advnets.module import GAN
 from advnets.nets import Maxout, apply_max_col_norm
 from advnets.nets.mlp import init_linear
-from conftest import REPO, compose, run_script
+from conftest import REPO, bare_trainer, compose, run_script
 
 TINY = [
     "logger=none",
@@ -150,16 +150,7 @@ def test_divergence_guard_stops_on_a_non_finite_parameter(tmp_path, value):
 
     module = GAN(OmegaConf.to_container(compose(*TINY, "schedule=simultaneous"), resolve=True))
     x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(5))
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        callbacks=[PoisonAfterStep(1, value), DivergenceGuard()],
-    )
+    trainer = bare_trainer(tmp_path, callbacks=[PoisonAfterStep(1, value), DivergenceGuard()])
     with pytest.raises(TrainingDiverged) as e:
         trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(40, 10, seed=0)))
     assert all(torch.isfinite(v).all() for k, v in module.step_record.items() if k.endswith("_loss"))

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from advnets.data import EpochBatchSampler, build_datamodule
 from advnets.module import GAN
-from conftest import compose
+from conftest import bare_trainer, compose
 from parzen_reference import protocol
 
 K, BATCH, N_TRAIN = 2, 2500, 50000
@@ -119,16 +119,7 @@ def fit(data_dir, tmp_path_factory):
                 rec.indices.append((sampler.epoch, idx.clone()))
             yield idx
 
-    trainer = pl.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp,
-        num_sanity_val_steps=0,
-        callbacks=[rec],
-    )
+    trainer = bare_trainer(tmp, max_epochs=2, limit_val_batches=None, num_sanity_val_steps=0, callbacks=[rec])
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(EpochBatchSampler, "__iter__", recording_iter)
         trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))

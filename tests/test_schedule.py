@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from advnets.data import build_datamodule
 from advnets.module import GAN
-from conftest import compose
+from conftest import bare_trainer, compose
 
 
 class Recorder(pl.Callback):
@@ -45,17 +45,7 @@ def fit(data_dir, tmp_path, *overrides, batches=30):
     module.noise = noise
     module.generator.register_forward_hook(lambda *a: record("G"))
     module.discriminator.register_forward_hook(lambda *a: record("D"))
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=batches,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        callbacks=[recorder],
-    )
+    trainer = bare_trainer(tmp_path, limit_train_batches=batches, callbacks=[recorder])
     trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
     return module, trainer, events, recorder.batches
 

@@ -11,7 +11,7 @@ from scipy import integrate, stats
 from advnets.data.batches import EpochBatchSampler
 from advnets.data.line import FreshBatches, GaussianMixture, LineDataModule
 from advnets.metrics.theory import LOG4, histogram_masses, jensen_shannon, optimal_discriminator, theory_metrics, value
-from conftest import compose
+from conftest import bare_trainer, compose
 
 EDGES = torch.linspace(-8.0, 10.0, 18001, dtype=torch.float64)  # bins of 0.001
 
@@ -132,7 +132,6 @@ def test_line_datamodule_from_the_real_config():
 def test_proposition_1_the_projects_d_step_on_fresh_batches_reaches_d_star(tmp_path):
     """G frozen at a known distribution (a linear G of Gaussian noise: p_g = N(b, w^2)); D trained by the
     module's own D steps (k larger than the run, so G never steps) through a real Trainer on fresh batches."""
-    import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
     from advnets.module import GAN
@@ -154,14 +153,7 @@ def test_proposition_1_the_projects_d_step_on_fresh_batches_reaches_d_star(tmp_p
         module.generator.output_layer.weight.fill_(w)
         module.generator.output_layer.bias.fill_(b)
     dm = LineDataModule(dict(OmegaConf.to_container(cfg.dataset, resolve=True)), seed=5)
-    trainer = pl.Trainer(
-        max_epochs=12,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = bare_trainer(tmp_path, max_epochs=12, limit_val_batches=None, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)
     assert module.g_updates == 0 and module.d_updates == 12 * 250
     assert module.generator.output_layer.weight.item() == w and module.generator.output_layer.bias.item() == b

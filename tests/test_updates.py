@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from advnets.data import EpochBatchSampler, TensorBatches
 from advnets.module import GAN
-from conftest import compose
+from conftest import bare_trainer, compose
 
 SMALL = [
     "logger=none",
@@ -79,16 +79,7 @@ def fit_two_steps(tmp_path, schedule: str, loss: str):
 
     module.noise = noise
     x = torch.rand(BATCH * STEPS, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        callbacks=[StepRecorder(events)],
-    )
+    trainer = bare_trainer(tmp_path, callbacks=[StepRecorder(events)])
     trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(len(x), BATCH, seed=0, shuffle=False)))
     module.noise = real_noise
     # Only what happened during the training steps (the epoch-end sample grid draws no noise through it).

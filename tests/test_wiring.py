@@ -23,7 +23,7 @@ from pytorch_lightning.loggers.logger import Logger
 from advnets.config import trainer_arguments
 from advnets.data import TensorDataModule
 from advnets.module import GAN
-from conftest import compose
+from conftest import bare_trainer, compose
 
 BATCH = 8
 SMALL = [
@@ -550,16 +550,7 @@ def checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     cfg = compose(*SMALL, output_dir=tmp)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        accelerator="cpu",
-        default_root_dir=tmp,
-    )
+    trainer = bare_trainer(tmp, limit_train_batches=2)
     trainer.fit(module, datamodule=TinyImages(OmegaConf.to_container(cfg.dataset, resolve=True), cfg.seed))
     trainer.save_checkpoint(tmp / "last.ckpt")
     return tmp / "last.ckpt"
