@@ -41,6 +41,7 @@ TARGETS = [
     "src/advnets/guards.py",
     "src/advnets/checkpoints.py",
     "src/advnets/data/batches.py",
+    "src/advnets/precision.py",
 ]
 # The fast tests that exercise each file (pytest arguments; -k matches a file's name too: "test_data.py" keeps
 # every test of that file).
@@ -91,6 +92,7 @@ TESTS = {
         "-k",
         "test_data.py or small_valid or draws_from or parzen_metrics or on_device or reaches",
     ],
+    "src/advnets/precision.py": ["tests/test_fast_path.py"],
 }
 
 COMPARE_SWAPS = {

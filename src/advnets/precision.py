@@ -92,12 +92,10 @@ def _transposed_mm(a: Tensor, b: Tensor) -> Tensor:
     return a.t().mm(b) if a.is_cuda else a.t().contiguous().mm(b)
 
 
-def _computes_gradient_of(tensor: Tensor | None) -> bool:
+def _computes_gradient_of(tensor: Tensor) -> bool:
     """Inside a backward pass: whether this pass wants `tensor`'s gradient. R1's pass (autograd.grad w.r.t. D's
     input) does not want the weights': a custom Function is called for every input, so it must skip them itself,
     as autograd's own matmul backward does."""
-    if tensor is None or not tensor.requires_grad:
-        return False
     return torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(tensor).node)
 
 
@@ -112,8 +110,9 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
-        x, weight, bias = ctx.saved_tensors
-        grad_y = grad_y.to(DTYPE)
+        x, weight, bias = (
+            ctx.saved_tensors
+        )  # grad_y is bf16, as the output: autograd casts a gradient to its tensor's dtype
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = _InputGradient.apply(grad_y, weight) if torch.is_grad_enabled() else grad_y.mm(weight)
@@ -135,7 +134,6 @@ class _InputGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_grad_x: Tensor):
         grad_y, weight = ctx.saved_tensors
-        grad_grad_x = grad_grad_x.to(DTYPE)
         grad_grad_y = grad_grad_x.mm(weight.t()) if ctx.needs_input_grad[0] else None
         grad_weight = (
             _transposed_mm(grad_y, grad_grad_x) if ctx.needs_input_grad[1] and _computes_gradient_of(weight) else None
