@@ -112,14 +112,12 @@ def time_shares(events, batches: int, seconds: float) -> str:
     the time outside any op (Python, autograd's engine, Lightning) as the wall time less the ops'."""
     self_us = {e.key: e.self_cpu_time_total for e in events}
     total = sum(self_us.values())
-    lines, counted = [], 0.0
-    for kind, ops in TIME_SHARES.items():
-        us = sum(self_us.get(op, 0.0) for op in ops)
-        counted += us
-        lines.append(f"  {kind:<36} {us / total:4.0%} of the ops' time, {us / batches / 1e3:5.1f} ms a batch")
-    lines.append(
-        f"  {'other ops':<36} {(total - counted) / total:4.0%} of the ops' time, {(total - counted) / batches / 1e3:5.1f} ms a batch"
-    )
+    kinds = {kind: sum(self_us.get(op, 0.0) for op in ops) for kind, ops in TIME_SHARES.items()}
+    kinds["other ops"] = total - sum(kinds.values())
+    lines = [
+        f"  {kind:<36} {us / total:4.0%} of the ops' time, {us / batches / 1e3:5.1f} ms a batch"
+        for kind, us in kinds.items()
+    ]
     outside = seconds * 1e6 - total
     lines.append(
         f"  outside the ops: {outside / batches / 1e3:.1f} ms a batch of {seconds / batches * 1e3:.1f} ms (wall, profiled)"
@@ -150,13 +148,14 @@ class _Profile:
                     seconds = time.perf_counter() - cb.start
                     cb.prof.__exit__(None, None, None)
                     cuda = trainer.strategy.root_device.type == "cuda"
-                    self.table = cb.prof.key_averages().table(
+                    events = cb.prof.key_averages()
+                    self.table = events.table(
                         sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total",
                         row_limit=15,
                         max_name_column_width=45,
                     )
                     if not cuda:
-                        self.table += "\nwhere the time goes:\n" + time_shares(cb.prof.key_averages(), batches, seconds)
+                        self.table += "\nwhere the time goes:\n" + time_shares(events, batches, seconds)
 
         self.callback = Callback()
 

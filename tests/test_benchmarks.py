@@ -9,6 +9,16 @@ import pytest
 from conftest import REPO
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module, in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
 def test_train_throughput_tiny(data_dir):
     out = subprocess.run(
@@ -28,11 +38,7 @@ def test_train_throughput_tiny(data_dir):
 
 def test_quality_benchmark_tiny(data_dir, capsys):
     """benchmarks/quality.py --tiny, in this process (its figures are CPU seconds: no subprocess needed)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quality_benchmark", REPO / "benchmarks" / "quality.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("quality")
     bench.main(["--tiny", "--data-dir", str(data_dir)])
     out = capsys.readouterr().out
     assert re.search(
@@ -49,12 +55,9 @@ def test_quality_benchmark_tiny(data_dir, capsys):
 def test_time_shares_sums_each_kind_of_work():
     """benchmarks/train_throughput.py's "where the time goes": each kind's share of the ops' self time and its ms a
     batch, the ops it does not name as the rest, and the wall time outside the ops."""
-    import importlib.util
     from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location("train_throughput", REPO / "benchmarks" / "train_throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("train_throughput")
     us = {
         "aten::mm": 30_000,
         "aten::addmm": 10_000,

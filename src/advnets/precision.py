@@ -110,9 +110,8 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
-        x, weight, bias = (
-            ctx.saved_tensors
-        )  # grad_y is bf16, as the output: autograd casts a gradient to its tensor's dtype
+        # grad_y is bf16, as the output is: autograd casts a gradient to its tensor's dtype.
+        x, weight, bias = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = _InputGradient.apply(grad_y, weight) if torch.is_grad_enabled() else grad_y.mm(weight)
