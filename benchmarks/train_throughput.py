@@ -12,7 +12,8 @@ ratios a/b and a/c and the peak memory. `--scaling` adds samples per second of (
 larger batch. `--fast-path` times the project's defaults (Algorithm 1, k = 1, R1, EMA of G) in fp32,
 with trainer.precision=bf16-mixed (the fast path, advnets.precision), with model.compile=true, and with
 both, interleaved `--repeats` times; it prints each one's median samples/s and ratio to fp32, then a
-profile (top ops by self CPU time) of the fastest.
+profile (top ops by self CPU time) of the fastest and, on a CPU, where the time of fp32's batch and of the
+fastest's goes, with what 2x fp32 would leave the fastest for its work other than matmuls.
 
     python benchmarks/train_throughput.py                  # CPU, 300 iterations, 3 repeats
     python benchmarks/train_throughput.py --device cuda    # on a GPU
@@ -107,21 +108,43 @@ TIME_SHARES = {
 }
 
 
-def time_shares(events, batches: int, seconds: float) -> str:
-    """One line per TIME_SHARES kind: its share of the ops' self CPU time and ms per batch, then the rest, and
-    the time outside any op (Python, autograd's engine, Lightning) as the wall time less the ops'."""
+MATMULS = "matmuls (mm, addmm)"
+
+
+def time_shares(events, batches: int, seconds: float) -> dict[str, float]:
+    """ms a batch of each TIME_SHARES kind of work (the profiled ops' self CPU time), of the ops it does not name
+    ("other ops"), of the wall time outside any op ("outside the ops": Python, autograd's engine, Lightning) and
+    of the whole batch (wall, profiled)."""
     self_us = {e.key: e.self_cpu_time_total for e in events}
-    total = sum(self_us.values())
-    kinds = {kind: sum(self_us.get(op, 0.0) for op in ops) for kind, ops in TIME_SHARES.items()}
-    kinds["other ops"] = total - sum(kinds.values())
-    lines = [
-        f"  {kind:<36} {us / total:4.0%} of the ops' time, {us / batches / 1e3:5.1f} ms a batch"
-        for kind, us in kinds.items()
-    ]
-    outside = seconds * 1e6 - total
-    lines.append(
-        f"  outside the ops: {outside / batches / 1e3:.1f} ms a batch of {seconds / batches * 1e3:.1f} ms (wall, profiled)"
-    )
+    ms = {kind: sum(self_us.get(op, 0.0) for op in ops) / batches / 1e3 for kind, ops in TIME_SHARES.items()}
+    ops_ms = sum(self_us.values()) / batches / 1e3
+    ms["other ops"] = ops_ms - sum(ms.values())
+    ms["batch"] = seconds / batches * 1e3
+    ms["outside the ops"] = ms["batch"] - ops_ms
+    return ms
+
+
+def where_the_time_goes(columns: dict[str, dict[str, float]]) -> str:
+    """The `time_shares` of each profiled row side by side: ms a batch and share of the batch. With two rows, fp32
+    first and the fast path last, also the budget of 2x: what half fp32's batch leaves the fast path for its work
+    other than matmuls, and the ratios it cannot pass: doing that work as fp32 does, and with matmuls that cost
+    nothing."""
+    names = list(columns)
+    kinds = [k for k in next(iter(columns.values())) if k != "batch"] + ["batch"]
+    lines = [f"  {'ms a batch (profiled)':<36}" + "".join(f" {name:>24}" for name in names)]
+    for kind in kinds:
+        cells = "".join(f" {c[kind]:18.1f} {c[kind] / c['batch']:5.0%}" for c in columns.values())
+        lines.append(f"  {kind:<36}{cells}")
+    if len(columns) == 2:
+        fp32, fast = columns.values()
+        half = fp32["batch"] / 2
+        rest_fp32, rest_fast = fp32["batch"] - fp32[MATMULS], fast["batch"] - fast[MATMULS]
+        lines += [
+            f"  2x fp32 is {half:.1f} ms a batch; the fast path's matmuls take {fast[MATMULS]:.1f} of it, which leaves "
+            f"{half - fast[MATMULS]:.1f} ms for the rest: the fast path spends {rest_fast:.1f} on it, fp32 {rest_fp32:.1f}",
+            f"  at most x{fp32['batch'] / (rest_fp32 + fast[MATMULS]):.2f} of fp32 with the rest as fp32 does it, "
+            f"x{fp32['batch'] / rest_fast:.2f} with the matmuls free (profiled times)",
+        ]
     return "\n".join(lines)
 
 
@@ -132,6 +155,7 @@ class _Profile:
         import pytorch_lightning as pl
 
         self.table = ""
+        self.shares: dict[str, float] = {}
 
         class Callback(pl.Callback):
             def on_train_batch_start(cb, trainer, module, batch, batch_idx):
@@ -154,8 +178,7 @@ class _Profile:
                         row_limit=15,
                         max_name_column_width=45,
                     )
-                    if not cuda:
-                        self.table += "\nwhere the time goes:\n" + time_shares(events, batches, seconds)
+                    self.shares = time_shares(events, batches, seconds)
 
         self.callback = Callback()
 
@@ -398,8 +421,9 @@ def main() -> None:
             )
 
 
+FP32_ROW = "fp32 (32-true)"  # the rows' reference: each prints its ratio to this one
 FAST_PATH_ROWS = {
-    "fp32 (32-true)": ["trainer.precision=32-true"],
+    FP32_ROW: ["trainer.precision=32-true"],
     "bf16-mixed (fast path)": ["trainer.precision=bf16-mixed"],
     "fp32 + model.compile": ["trainer.precision=32-true", "model.compile=true"],
     "bf16-mixed + model.compile": ["trainer.precision=bf16-mixed", "model.compile=true"],
@@ -476,7 +500,7 @@ def fast_path_rows(args, data_dir: str) -> None:
         for name, v in speeds.items()
         if v
     }
-    wall0, cpu0 = med["fp32 (32-true)"]
+    wall0, cpu0 = med[FP32_ROW]
     print(
         f"the defaults (Algorithm 1, k=1, R1 gamma 0.1, EMA of G), batch {args.batch}, {args.iters} batches timed "
         f"after {args.warmup} warm-up ones (compilation), median of {args.repeats}:"
@@ -491,9 +515,14 @@ def fast_path_rows(args, data_dir: str) -> None:
     # The fastest per CPU second on a CPU (the neighbours' load moves wall time), per second on a GPU.
     fastest = max(med, key=lambda name: med[name][0 if args.device == "cuda" else 1])
     batches = min(args.iters, 50)
-    profile = _Profile(skip=args.warmup, batches=batches)
-    run_project(args.warmup + batches, args.batch, args.device, data_dir, rows[fastest], callbacks=[profile.callback])
-    print(f"profile of the fastest ({fastest}), {batches} batches:\n{profile.table}", flush=True)
+    profiles = {}
+    for name in dict.fromkeys([FP32_ROW, fastest]):  # fp32 too: where the fastest saves time, and where not
+        profiles[name] = _Profile(skip=args.warmup, batches=batches)
+        run_project(args.warmup + batches, args.batch, args.device, data_dir, rows[name], [profiles[name].callback])
+    print(f"profile of the fastest ({fastest}), {batches} batches:\n{profiles[fastest].table}", flush=True)
+    if args.device == "cpu":  # on a GPU the ops' CPU time is the launches, not the work
+        shares = {name: profile.shares for name, profile in profiles.items()}
+        print(f"where the time goes:\n{where_the_time_goes(shares)}", flush=True)
 
 
 def _timed_after_warmup(args, data_dir: str, extra: list[str]) -> tuple[float, float]:

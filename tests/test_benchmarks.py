@@ -53,8 +53,8 @@ def test_quality_benchmark_tiny(data_dir, capsys):
 
 
 def test_time_shares_sums_each_kind_of_work():
-    """benchmarks/train_throughput.py's "where the time goes": each kind's share of the ops' self time and its ms a
-    batch, the ops it does not name as the rest, and the wall time outside the ops."""
+    """benchmarks/train_throughput.py's "where the time goes": each kind's ms a batch, the ops it does not name as
+    the rest, the wall time outside the ops, and the batch."""
     from types import SimpleNamespace
 
     bench = load_benchmark("train_throughput")
@@ -67,16 +67,45 @@ def test_time_shares_sums_each_kind_of_work():
         "aten::relu": 30_000,
     }
     events = [SimpleNamespace(key=k, self_cpu_time_total=v) for k, v in us.items()]
-    lines = bench.time_shares(events, batches=10, seconds=0.2).splitlines()
-    rows = [re.fullmatch(r"  (.+?) +(\d+)% of the ops' time, +([\d.]+) ms a batch", line) for line in lines[:-1]]
-    shares = {m.group(1): (int(m.group(2)), float(m.group(3))) for m in rows}
-    assert shares == {
-        "matmuls (mm, addmm)": (40, 4.0),
-        "copies (casts, row-major gy^T)": (10, 1.0),
-        "in-place adds (updates, grad sums)": (20, 2.0),
-        "EMA of G (lerp_)": (0, 0.0),
-        "maxout (max and its backward)": (0, 0.0),
-        "dropout masks": (0, 0.0),
-        "other ops": (30, 3.0),
-    }
-    assert lines[-1] == "  outside the ops: 10.0 ms a batch of 20.0 ms (wall, profiled)"
+    shares = bench.time_shares(events, batches=10, seconds=0.2)
+    assert shares == pytest.approx(
+        {
+            "matmuls (mm, addmm)": 4.0,
+            "copies (casts, row-major gy^T)": 1.0,
+            "in-place adds (updates, grad sums)": 2.0,
+            "EMA of G (lerp_)": 0.0,
+            "maxout (max and its backward)": 0.0,
+            "dropout masks": 0.0,
+            "other ops": 3.0,
+            "batch": 20.0,
+            "outside the ops": 10.0,
+        }
+    )
+
+
+def test_where_the_time_goes_gives_the_budget_of_twice_fp32():
+    """Side by side, ms and share of the batch per kind; then what half fp32's batch leaves the fast path beside its
+    matmuls, and the bounds: fp32 40 ms (matmuls 24), fast path 28 (matmuls 8): 2x is 20 ms, 12 left for a rest
+    of 20 (fp32's: 16); at most 40 / (16 + 8) = 1.67x with the rest as fp32's, 40 / 20 = 2x with free matmuls."""
+    bench = load_benchmark("train_throughput")
+    kinds = list(bench.TIME_SHARES) + ["other ops", "batch", "outside the ops"]
+    fp32 = dict.fromkeys(kinds, 0.0) | {"matmuls (mm, addmm)": 24.0, "other ops": 10.0, "outside the ops": 6.0}
+    fast = dict.fromkeys(kinds, 0.0) | {"matmuls (mm, addmm)": 8.0, "other ops": 14.0, "outside the ops": 6.0}
+    fp32["batch"], fast["batch"] = 40.0, 28.0
+    lines = bench.where_the_time_goes({"fp32": fp32, "fast": fast}).splitlines()
+    assert lines[0].split() == ["ms", "a", "batch", "(profiled)", "fp32", "fast"]
+    rows = {line[:38].strip(): line[38:].split() for line in lines[1:-2]}
+    assert list(rows) == [k for k in kinds if k != "batch"] + ["batch"]
+    assert rows["matmuls (mm, addmm)"] == ["24.0", "60%", "8.0", "29%"]
+    assert rows["other ops"] == ["10.0", "25%", "14.0", "50%"]
+    assert rows["batch"] == ["40.0", "100%", "28.0", "100%"]
+    assert lines[-2] == (
+        "  2x fp32 is 20.0 ms a batch; the fast path's matmuls take 8.0 of it, which leaves 12.0 ms for the rest: "
+        "the fast path spends 20.0 on it, fp32 16.0"
+    )
+    assert (
+        lines[-1]
+        == "  at most x1.67 of fp32 with the rest as fp32 does it, x2.00 with the matmuls free (profiled times)"
+    )
+    # One row (a CPU where fp32 is the fastest): its column alone, no budget.
+    assert len(bench.where_the_time_goes({"fp32": fp32}).splitlines()) == 1 + len(kinds)
