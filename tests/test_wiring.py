@@ -944,6 +944,28 @@ def assert_draws(got: dict, expected: dict, where, g_step: bool = True) -> None:
     assert torch.equal(got["mask"], expected["mask"]), where
 
 
+def test_seed_global_generator_on_a_cpu_seeds_as_torch_manual_seed_without_recording_stacks(monkeypatch):
+    """The batch's dropout-mask seeding: on a CPU the CPU generator ends in torch.manual_seed's state, and no
+    stack is recorded for the not-yet-initialised CUDA, XPU and MTIA generators (torch.manual_seed records one
+    for each, every batch)."""
+    import traceback
+
+    from advnets.seeds import seed_global_generator
+
+    torch.manual_seed(12345)
+    expected = torch.get_rng_state()
+    torch.manual_seed(0)
+    calls = []
+    real_format_stack = traceback.format_stack
+    monkeypatch.setattr(traceback, "format_stack", lambda *a, **k: calls.append(1) or real_format_stack(*a, **k))
+    seed_global_generator(12345, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), expected)
+    assert calls == []
+    if not torch.cuda.is_initialized():  # the mechanism it avoids, so that this test fails if torch drops it
+        torch.manual_seed(12345)
+        assert len(calls) >= 1
+
+
 def test_each_batch_draws_from_its_seed_and_a_resumed_run_draws_the_same(tmp_path):
     """Instance noise (std 0.2, annealed over 10^6 G updates: 0.2 x (1 - g / 10^6)) and dropout (input 0.2) on.
     An uninterrupted epoch of 4 batches, and a run resumed from the checkpoint saved after its batch 2: every batch

@@ -20,7 +20,7 @@ from advnets.nets.stages import init_from, load_generator_tail
 from advnets.noise import draw_noise
 from advnets.optim import anneal_factor, anneal_lr, apply_config, build_optimizer, start_epoch
 from advnets.precision import bf16_matmuls, wants_fast_path
-from advnets.seeds import DROPOUT_MASKS, SAMPLES, derive_seed
+from advnets.seeds import DROPOUT_MASKS, SAMPLES, derive_seed, seed_global_generator
 from advnets.stabilisers import build_stabilisers
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,9 @@ class GAN(pl.LightningModule):
         # even mid-epoch, draws exactly what the uninterrupted run drew there.
         epoch = self.current_epoch + 1
         self._noise_gen = self.seeded_generator(epoch, batch_idx)
-        torch.manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, DROPOUT_MASKS))
+        seed_global_generator(
+            derive_seed(int(self.cfg.seed), self.global_rank, epoch, batch_idx, DROPOUT_MASKS), self.device
+        )
         anneal_epochs = self.cfg.optimizer.get("anneal_epochs")
         if anneal_epochs:  # a function of the position in training alone, so a resume anneals as the run would
             factor = anneal_factor(
