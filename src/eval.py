@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 
 import advnets.config  # noqa: F401  (registers the repo_root resolver of conf/paths)
 from advnets.errors import user_errors
-from advnets.loggers import finish_wandb, wandb_mode
 
 
 @hydra.main(config_path="../conf", config_name="eval", version_base="1.3")
@@ -25,6 +24,8 @@ def main(cfg: DictConfig) -> None:
         try:
             run(cfg)
         finally:
+            from advnets.loggers import finish_wandb
+
             finish_wandb()
 
 
@@ -53,31 +54,46 @@ def run(cfg: DictConfig) -> None:
             ev.module, ev.train_images, out_dir / "figures", seed=int(cfg.seed), which=ev.module.generators[-1]
         )
     )
-    log_to_wandb(cfg, ev, tables, figures)
+    log_to_wandb(cfg, ev, figures)
 
 
-def log_to_wandb(cfg: DictConfig, ev, tables: dict[str, str], figures: dict) -> None:
+def log_to_wandb(cfg: DictConfig, ev, figures: dict) -> None:
+    """An eval run beside the training run it scores: in the same W&B folder (the sweep's, for a job of a multirun),
+    the same group and the same name, job_type eval; Table 1 in its summary (eval/*) and as a wandb.Table. (Not the
+    training run itself, resumed by its id: offline, a resumed run is a second run folder whose steps start again
+    at 0, which LEET lists as a run of its own and whose rows W&B drops on upload as steps already logged.)"""
     if "wandb" not in cfg.logger:
         return
     import wandb
 
-    from advnets.evaluation import summary
+    from advnets.checkpoints import run_folder_of
+    from advnets.config import wandb_folder
+    from advnets.evaluation import TABLE_COLUMNS, summary, table_rows
+    from advnets.loggers import wandb_mode
 
     w = cfg.logger.wandb
-    Path(w.save_dir).mkdir(parents=True, exist_ok=True)
+    save_dir, name, group, scores = w.save_dir, w.name, w.group, {}
+    trained = (ev.module.hparams["config"]["logger"].get("wandb") or {}) if ev.module is not None else {}
+    if ev.module is not None:
+        scores = {"g_updates": ev.module.g_updates, "run_id": trained.get("id")}
+        folder = run_folder_of(ev.ckpt_path)
+        save_dir = wandb_folder(str(folder)) if folder is not None and trained.get("id") else save_dir
+        name, group = name or trained.get("name"), group or trained.get("group")
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
     run = wandb.init(
         project=w.project,
         mode=wandb_mode(w),
-        dir=w.save_dir,
+        dir=save_dir,
         job_type="eval",
-        group=w.group,
-        name=w.name or f"eval-{ev.reference or Path(str(ev.ckpt_path)).parent.parent.name}",
-        config=OmegaConf.to_container(cfg, resolve=True),
+        group=group,
+        name=name or f"eval-{ev.reference or Path(str(ev.ckpt_path)).parent.parent.name}",
+        tags=list(w.tags) + list(trained.get("tags") or []),
+        config={**OmegaConf.to_container(cfg, resolve=True), "scored": {"ckpt_path": ev.ckpt_path, **scores}},
     )
-    run.summary.update(summary(ev))
+    run.summary.update({**summary(ev), **{f"eval/{k}": v for k, v in scores.items() if k != "run_id"}})
     run.log(
         {
-            **{name: wandb.Html(f"<pre>{table}</pre>") for name, table in tables.items()},
+            "eval/table_1": wandb.Table(columns=list(TABLE_COLUMNS), data=table_rows(ev)),
             **{key: wandb.Image(str(path)) for key, path in figures.items()},
         }
     )

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from advnets.config import NOT_A_SETTING
+from advnets.config import NOT_A_SETTING, NOT_IN_RUN_NAME, is_under
 from advnets.errors import UserError, user_errors
 
 
@@ -191,13 +191,10 @@ def table(runs: list[Run]) -> str:
 
 
 def setting_of(run: Run) -> tuple[str, ...]:
-    """A run's overrides without advnets.config.NOT_A_SETTING (the seed, the run's length...): the runs of one
-    setting differ only in those."""
-
-    def key(override: str) -> str:
-        return override.split("=", 1)[0].lstrip("+~")
-
-    return tuple(o for o in run.overrides if not any(key(o) == k or key(o).startswith(k + ".") for k in NOT_A_SETTING))
+    """A run's overrides without advnets.config.NOT_A_SETTING (the seed, the run's length...) and the bookkeeping of
+    NOT_IN_RUN_NAME (in the names of runs made before it was left out): the runs of one setting differ only in
+    those."""
+    return tuple(o for o in run.overrides if not is_under(o, NOT_A_SETTING + NOT_IN_RUN_NAME))
 
 
 def settings(runs: list[Run]) -> dict[str, list[Run]]:

@@ -14,7 +14,6 @@ from advnets.checkpoints import check_resume
 from advnets.config import check_config, trainer_arguments
 from advnets.errors import user_errors
 from advnets.launch import ranks_rerun_command, run_job_alone, sweep_name
-from advnets.loggers import finish_wandb
 from advnets.preflight import preflight
 
 
@@ -25,6 +24,9 @@ def main(cfg: DictConfig) -> None:
     with user_errors(Path(cfg.paths.output_dir), Path(cfg.paths.log_dir)):
         check_config(cfg)
         ckpt_path = check_resume(cfg)
+        from advnets.lightning_internals import keep_noise_out_of_logs
+
+        keep_noise_out_of_logs()  # Lightning's litlogger tip (a multirun job builds a Trainer below) and known warnings
         if sweep_name() and ranks_rerun_command(trainer_arguments(cfg)):
             run_job_alone(cfg, Path(__file__).resolve())  # DDP inside a multirun: see run_job_alone
             return
@@ -39,16 +41,15 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+    from advnets.checkpoints import load_checkpoint
     from advnets.data import build_datamodule
     from advnets.errors import Preempted
     from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint, parse_max_time
-    from advnets.lightning_internals import keep_noise_out_of_logs
-    from advnets.loggers import build_loggers, wandb_run_id
+    from advnets.loggers import DashboardAxes, build_loggers, finish_wandb, name_wandb_run
     from advnets.module import GAN
     from advnets.precision import precision_line
-    from advnets.progress import ProgressLines
+    from advnets.progress import ProgressLines, test_table
 
-    keep_noise_out_of_logs()  # Lightning's litlogger tip and known deprecation warnings of its dependencies
     trainer_args = trainer_arguments(cfg)
     logging.getLogger(__name__).log(
         *precision_line(trainer_args["precision"], cfg.trainer.accelerator, asked=cfg.trainer.precision)
@@ -58,8 +59,9 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     datamodule = build_datamodule(cfg.dataset, cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")  # missing, corrupt or too small data: refused before the loggers and trainer start
+    # The W&B run this run logs to, in its config (and so in its checkpoints): a resume continues its checkpoint's.
+    name_wandb_run(cfg, load_checkpoint(Path(ckpt_path))["hyper_parameters"]["config"] if ckpt_path else None)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
-    run_folder = Path(cfg.paths.output_dir)
     if ckpt_path:  # resumed in a run folder that has checkpoints already: that is expected
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     preemption = PreemptionHandler(parse_max_time(cfg.trainer.max_time))
@@ -71,14 +73,14 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     )
     preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint
     try:
-        # A resumed run logs into its folder's W&B run (steps go on from the checkpoint's) and next CSV version.
-        loggers = build_loggers(cfg, continue_wandb_id=wandb_run_id(run_folder) if ckpt_path else None)
+        loggers = build_loggers(cfg)
         trainer = pl.Trainer(
             **trainer_args,
             logger=loggers or False,
             callbacks=[
                 ModelCheckpoint(**cfg.callbacks.checkpoint),
                 DivergenceGuard(),
+                DashboardAxes(),
                 CollapseMonitor(**cfg.callbacks.collapse),
                 *(instantiate(c) for c in cfg.callbacks.extra),
                 *progress,
@@ -90,7 +92,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
         except SIGTERMException:  # arrived during validation: Lightning stopped there, before our batch-end save
             raise Preempted(signal.SIGTERM, last_good_checkpoint(trainer)) from None
         if cfg.test_after_fit:
-            trainer.test(module, datamodule=datamodule)
+            print(test_table(trainer.test(module, datamodule=datamodule, verbose=False)))
     finally:
         finish_wandb()
 

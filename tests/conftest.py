@@ -70,6 +70,21 @@ def bare_trainer(root: str | Path, **options):
     return pl.Trainer(**{**defaults, **options})
 
 
+# What a fresh clone holds at its top level before the tests, besides dot-files: the tests (and every command they run)
+# write into run folders under tmp paths, or under outputs/ (paths.log_dir), never beside the sources.
+TOP_LEVEL_OUTPUTS_ALLOWED = {"outputs", "data"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_at_the_top_level():
+    """No test, and no command a test runs, leaves a file or folder at the repository's top level (samples/ and
+    figures/ once appeared there: a Trainer without default_root_dir writes into the working directory)."""
+    before = {p.name for p in REPO.iterdir()}
+    yield
+    new = {p.name for p in REPO.iterdir()} - before - TOP_LEVEL_OUTPUTS_ALLOWED
+    assert not {n for n in new if not n.startswith(".")}, f"written outside a run folder: {sorted(new)}"
+
+
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600, cwd: Path = REPO):
     """Run `python src/<script> args...` as a user would, W&B offline; returns the CompletedProcess."""
     full_env = {
@@ -104,20 +119,79 @@ def tiny_run(data_dir: Path, batches: int) -> list[str]:
     ]
 
 
-def wandb_inspect(run_dir: Path, *flags: str) -> str:
-    """`wandb leet inspect FLAGS` of the one offline W&B run under run_dir/wandb."""
-    (offline,) = list((run_dir / "wandb").glob("offline-run-*"))
+def wandb_offline_run(run_dir: Path) -> Path:
+    """The offline W&B run of the run (or sweep job) in run_dir: its folder's only one, or, in a sweep's shared
+    wandb/ folder, the one named by the id its newest checkpoint's config holds (advnets.loggers.name_wandb_run), the
+    newest part of it if it was resumed."""
+    import torch
+
+    from advnets.config import wandb_folder
+
+    runs = sorted(Path(wandb_folder(str(run_dir)), "wandb").glob("offline-run-*"))
+    if Path(wandb_folder(str(run_dir))) == run_dir and len(runs) == 1:
+        return runs[0]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    run_id = ckpt["hyper_parameters"]["config"]["logger"]["wandb"]["id"]
+    return [r for r in runs if r.name.endswith(f"-{run_id}")][-1]  # a resumed run's newest part
+
+
+def wandb_inspect(run_dir: Path, *flags: str, offline_run: Path | None = None) -> str:
+    """`wandb leet inspect FLAGS` of run_dir's offline W&B run (or of `offline_run`)."""
     return subprocess.run(
-        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", *flags, str(offline)],
+        [
+            str(Path(sys.executable).parent / "wandb"),
+            "leet",
+            "inspect",
+            *flags,
+            str(offline_run or wandb_offline_run(run_dir)),
+        ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
 
 
-def wandb_summary(run_dir: Path) -> dict:
+def wandb_records(offline_run: Path) -> list[dict]:
+    """Every record of an offline W&B run (`wandb leet inspect --json`)."""
+    return [json.loads(line) for line in wandb_inspect(None, "--json", offline_run=offline_run).splitlines()]
+
+
+def leet_screen(wandb_dir: Path, cols: int = 200, rows: int = 50, timeout: float = 30) -> list[str]:
+    """What W&B's own dashboard, `wandb leet <wandb_dir>`, shows in a terminal of cols x rows once it has drawn its
+    runs list: the screen's lines, rendered by a terminal emulator (pyte) from the program's output in a
+    pseudo-terminal (pexpect)."""
+    import time
+
+    import pexpect
+    import pyte
+
+    screen = pyte.Screen(cols, rows)
+    stream = pyte.ByteStream(screen)
+    child = pexpect.spawn(
+        str(Path(sys.executable).parent / "wandb"),
+        ["leet", str(wandb_dir)],
+        dimensions=(rows, cols),
+        env={**os.environ, "TERM": "xterm-256color"},
+    )
+    try:
+        end = time.monotonic() + timeout
+        drawn = None
+        while time.monotonic() < end:
+            try:
+                stream.feed(child.read_nonblocking(1 << 16, timeout=0.5))
+            except pexpect.TIMEOUT:
+                if drawn is not None and time.monotonic() > drawn + 1.5:  # drawn, and nothing new since
+                    break
+            if drawn is None and any("Runs [" in line for line in screen.display):
+                drawn = time.monotonic()
+        return [line.rstrip() for line in screen.display]
+    finally:
+        child.terminate(force=True)
+
+
+def wandb_summary(run_dir: Path | None, offline_run: Path | None = None) -> dict:
     """The run's state, config and last metric values."""
-    return json.loads(wandb_inspect(run_dir, "--summary", "--json"))
+    return json.loads(wandb_inspect(run_dir, "--summary", "--json", offline_run=offline_run))
 
 
 def wandb_run_record(run_dir: Path) -> dict:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from advnets.config import NOT_A_SETTING, NOT_IN_RUN_NAME, check_config
+from advnets.config import NOT_A_SETTING, NOT_IN_RUN_NAME, check_config, is_under
 from advnets.errors import UserError
 from advnets.losses import GENERATOR_LOSSES
 from advnets.metrics import EVALUATIONS
@@ -81,13 +81,28 @@ def test_each_range_is_refused_by_the_config_check(override, message):
 
 
 def test_the_run_name_leaves_out_exactly_not_in_run_name():
-    """conf/hydra/default.yaml's exclude_keys is advnets.config.NOT_IN_RUN_NAME, not a copy of it."""
+    """The run's name (Hydra's override_dirname: the W&B run name, report.py's labels) is the job's overrides without
+    the bookkeeping of advnets.config.NOT_IN_RUN_NAME (every key under each entry), through conf/hydra/default.yaml's
+    exclude_keys, not a copy of the list."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    bookkeeping = [
+        "callbacks.checkpoint.every_n_epochs=10",
+        "callbacks.checkpoint.save_top_k=-1",
+        "logger=csv",
+        "logger.csv.name=x",
+        "test_after_fit=false",
+        "trainer.enable_progress_bar=false",
+        "paths.data_dir=/tmp/d",
+        "callbacks.progress.every_s=5",
+        "callbacks.extra=[]",
+    ]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose("train", return_hydra_config=True)
-    assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == list(NOT_IN_RUN_NAME)
+        cfg = hydra_compose("train", ["k=2", *bookkeeping[:3], "seed=3", *bookkeeping[3:]], return_hydra_config=True)
+    assert cfg.hydra.job.override_dirname == "k=2,seed=3"
+    assert all(is_under(o, NOT_IN_RUN_NAME) for o in bookkeeping)
+    assert not is_under("trainer.max_epochs=3", NOT_IN_RUN_NAME) and not is_under("loggers=1", NOT_IN_RUN_NAME)
     assert "seed" in NOT_A_SETTING and not set(NOT_A_SETTING) & set(NOT_IN_RUN_NAME)

@@ -154,6 +154,17 @@ def test_checkpoint_truncated(log_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_eval_refuses_a_truncated_checkpoint_in_one_line(tmp_path):
+    path = fake_checkpoint(tmp_path / "t.ckpt")
+    path.write_bytes(path.read_bytes()[:200])
+    proc = run_script("eval.py", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}", "logger=none")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: checkpoint {path} cannot be read (truncated, or not a")
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.slow
 def test_checkpoint_with_pickled_code_is_not_executed(log_dir, tmp_path):
     import pickle
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_script, wandb_summary
+from conftest import run_script, wandb_offline_run, wandb_summary
 
 TRAIN_KEYS = [
     "train/d_loss",
@@ -204,7 +204,10 @@ def test_eval_prints_table_1_and_writes_parzen_json(trained, data_dir, tmp_path)
     rows = quality["rows"]
     assert rows["true_data"]["fid"] < rows["raw"]["fid"] and rows["true_data"]["classes_covered"] == 10
     assert f"| {rows['raw']['fid']:.3f} |" in proc.stdout and abs(sum(rows["ema"]["histogram"]) - 1) < 1e-9
-    assert len(list((tmp_path / "eval" / "wandb").glob("offline-run-*"))) == 1
+    # Its W&B run: beside the training run it scores, named as that run (tests/test_sweeps.py checks its figures).
+    (beside,) = set((trained / "wandb").glob("offline-run-*")) - {wandb_offline_run(trained)}
+    assert wandb_summary(None, offline_run=beside)["name"] == wandb_summary(trained)["name"]
+    assert not (tmp_path / "eval" / "wandb").exists()
 
 
 @pytest.mark.slow

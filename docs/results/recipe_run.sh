@@ -46,6 +46,6 @@ for ((e = 10; e <= epochs; e += 10)); do
   done
 done
 mkdir -p "$out"
-rsync -a --include='*/' --include='*.json' --include='*.md' --include='*.csv' --include='*.jsonl' --include='*.yaml' \
-  --include='train.log' --include="samples/epoch_00$epochs.png" --include="samples_ema/epoch_00$epochs.png" \
-  --include="figures/figure_2*.png" --exclude='*' --prune-empty-dirs "$run/" "$out/"
+(cd "$run" && find . \( -name '*.json' -o -name '*.md' -o -name '*.csv' -o -name '*.jsonl' -o -name '*.yaml' \
+  -o -name train.log -o -path "./samples/epoch_00$epochs.png" -o -path "./samples_ema/epoch_00$epochs.png" \
+  -o -path "*/figures/figure_2.png" \) -type f -exec cp --parents {} "$OLDPWD/$out/" \;)

@@ -12,30 +12,64 @@ from advnets.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Which command-line overrides say what a run is, defined here once (advnets.checkpoints.EXPERIMENT_KEYS says which
-# settings a resumed checkpoint must share):
-# - NOT_IN_RUN_NAME: where a run reads and writes and how it reaches W&B. Left out of the run's name (Hydra's
-#   override_dirname: the W&B run name, report.py's labels): conf/hydra/default.yaml's exclude_keys reads it.
+# settings a resumed checkpoint must share). Each entry is a key and everything under it (`logger` covers
+# `logger=csv` and `logger.wandb.tags=[a]`):
+# - NOT_IN_RUN_NAME: bookkeeping, which changes no update: where a run reads and writes, what it keeps (checkpoint
+#   frequency), what it shows, how it reaches W&B, the study tools it carries (callbacks.extra), whether the full
+#   protocol runs at the end. Left out of the run's name (Hydra's override_dirname: the W&B run name, report.py's
+#   labels): conf/hydra/default.yaml's exclude_keys is `not_in_run_name` of the job's overrides.
 NOT_IN_RUN_NAME = (
     "ckpt_path",
-    "paths.data_dir",
-    "paths.log_dir",
-    "hydra.run.dir",
-    "hydra.sweep.dir",
-    "logger.wandb.mode",
-    "logger.wandb.group",
+    "paths",
+    "hydra",
+    "logger",
+    "callbacks.checkpoint",
+    "callbacks.extra",
+    "callbacks.progress",
+    "trainer.enable_progress_bar",
+    "test_after_fit",
 )
-# - NOT_A_SETTING: the seed, and what leaves the training up to a given epoch as it is (how long a run goes, what
-#   it saves or shows, whether a collapsed run stops). report.py counts runs whose names differ only in these as
-#   seeds of one setting, so a 30-epoch run and a 15-epoch run of the same settings are seeds of one row.
+# - NOT_A_SETTING: the seed, and what leaves the training up to a given epoch as it is (how long a run goes, whether
+#   a collapsed run stops). report.py counts runs whose names differ only in these (or in NOT_IN_RUN_NAME, which
+#   older runs' names held) as seeds of one setting, so a 30-epoch run and a 15-epoch run of the same settings are
+#   seeds of one row.
 NOT_A_SETTING = (
     "seed",
     "trainer.max_epochs",
-    "trainer.enable_progress_bar",
-    "callbacks.checkpoint",
     "callbacks.collapse.stop",
 )
 
-for _name, _resolve in (("repo_root", lambda: str(REPO_ROOT)), ("not_in_run_name", lambda: list(NOT_IN_RUN_NAME))):
+
+def override_key(override: str) -> str:
+    """The key a command-line override sets: `k` of `k=2`, `logger` of `logger=csv`, `a.b` of `+a.b=1`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def is_under(override: str, keys) -> bool:
+    """Whether `override` sets one of `keys` or something under one of them."""
+    key = override_key(override)
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def not_in_run_name(task_overrides) -> list[str]:
+    """The keys of `task_overrides` (Hydra's hydra.overrides.task) that NOT_IN_RUN_NAME leaves out of the name, as
+    Hydra's exclude_keys wants them: the exact key of each."""
+    return [override_key(o) for o in task_overrides if is_under(o, NOT_IN_RUN_NAME)]
+
+
+def wandb_folder(run_folder: str) -> str:
+    """The folder whose wandb/ holds a run's W&B run: the sweep's folder for a job of a multirun (Hydra writes
+    <sweep>/multirun.yaml before its jobs start), so that `wandb leet <sweep>/wandb` opens the whole sweep, and a
+    resumed job (in its own job folder) writes beside it; the run folder otherwise."""
+    parent = Path(run_folder).parent
+    return str(parent) if (parent / "multirun.yaml").is_file() else str(run_folder)
+
+
+for _name, _resolve in (
+    ("repo_root", lambda: str(REPO_ROOT)),
+    ("not_in_run_name", not_in_run_name),
+    ("wandb_folder", wandb_folder),
+):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolve)
 

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from advnets.checkpoints import check_ckpt_path
+from advnets.checkpoints import check_ckpt_path, load_checkpoint
 from advnets.errors import UserError
 from advnets.metrics.quality import LABELS, QualityResult, SampleQuality, build_extractor, features_for
 
@@ -69,6 +69,7 @@ def evaluate(cfg: DictConfig) -> Evaluation:
         from advnets.module import GAN  # Lightning: only for a checkpoint
 
         path = check_ckpt_path(cfg.ckpt_path)
+        load_checkpoint(path)  # a truncated or foreign file: refused in one line, as train.py refuses it
         module = GAN.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
         run_cfg = module.hparams["config"]
         if run_cfg["dataset"].get("evaluation", "images") != "images":
@@ -326,6 +327,24 @@ def quality_table(ev: Evaluation) -> str:
             shares = " ".join(f"{c}: {100 * p:.1f}" for c, p in enumerate(row.quality.histogram))
             lines.append(f"Predicted classes of {row.label} (%): {shares}")
     return "\n".join(lines)
+
+
+TABLE_COLUMNS = ("set", "label", "parzen_ll", "parzen_se", "sigma", "fid", "kid", "kid_std", "inception_score")
+TABLE_COLUMNS += ("classes_covered", "class_kl")
+
+
+def table_rows(ev: Evaluation) -> list[list]:
+    """Table 1 and the sample quality as one sortable table (TABLE_COLUMNS; None where a set has no such figure):
+    the checkpoint's generators (or the reference asked for), then the real-data reference."""
+    out = []
+    for row in ev.rows + ev.references:
+        p, q = row.parzen or {}, row.quality
+        sigma = p.get("sigma")
+        out.append(
+            [row.key, row.label, p.get("ll"), p.get("se"), str(sigma) if isinstance(sigma, list) else sigma]
+            + [None if q is None else getattr(q, k) for k in TABLE_COLUMNS[5:]]
+        )
+    return out
 
 
 def summary(ev: Evaluation) -> dict[str, float]:

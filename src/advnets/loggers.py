@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from advnets.errors import UserError
@@ -12,7 +13,8 @@ from advnets.launch import sweep_name
 
 
 def run_name(cfg: DictConfig) -> str:
-    """The W&B run name: the config's, else the command-line overrides (e.g. 'k=2,loss=minimax')."""
+    """The W&B run name: the config's, else the job's overrides without bookkeeping (e.g. 'k=2,loss=minimax';
+    advnets.config.NOT_IN_RUN_NAME), else 'defaults'."""
     from hydra.core.hydra_config import HydraConfig
 
     name = cfg.logger.wandb.name
@@ -25,6 +27,35 @@ def run_name(cfg: DictConfig) -> str:
     return "defaults"
 
 
+def experiment_name() -> str | None:
+    """The `experiment=` option this run was composed with, if any (a tag of its W&B run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+
+
+def name_wandb_run(cfg: DictConfig, resumed: dict | None = None) -> None:
+    """Write into cfg.logger.wandb the W&B run this run logs to, so that its config (W&B's, the checkpoints')
+    says it: a resumed run (`resumed`: its checkpoint's config) continues its own run (id, name and group); a
+    new one gets a new id, its name (run_name) and, in a multirun, its sweep as the group. The experiment is a tag."""
+    if "wandb" not in cfg.logger:
+        return
+    import secrets
+    import string
+
+    w = cfg.logger.wandb
+    before = ((resumed or {}).get("logger") or {}).get("wandb") or {}
+    if before.get("id"):
+        w.id, w.name, w.group = before["id"], before["name"], before["group"]
+    else:
+        w.id = w.id or "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's form
+        w.name = run_name(cfg)
+        w.group = w.group or sweep_name()
+    experiment = experiment_name()
+    if experiment and experiment not in w.tags:
+        w.tags = [*w.tags, experiment]
+
+
 def log_image(module, key: str, images: list, **kwargs) -> None:
     """Log `images` (tensors or PNG paths) as `key` at the module's global step, to each of its loggers that takes
     images (W&B; the CSV logger takes none)."""
@@ -33,31 +64,26 @@ def log_image(module, key: str, images: list, **kwargs) -> None:
             logger.log_image(key=key, images=images, step=module.trainer.global_step, **kwargs)
 
 
-def wandb_run_id(run_folder: Path) -> str | None:
-    """The id of the W&B run already logged in `run_folder` (wandb/[offline-]run-<time>-<id>), else None."""
-    runs = sorted(run_folder.glob("wandb/*run-*-*"), key=lambda p: p.name.rsplit("-", 2)[-2])
-    return runs[-1].name.rsplit("-", 1)[1] if runs else None
-
-
-def build_loggers(cfg: DictConfig, continue_wandb_id: str | None = None) -> list:
-    """W&B and/or CSV as `cfg.logger` asks. `continue_wandb_id`: a resumed run logs into that W&B run
-    (its steps go on from the checkpoint's); the CSV logger writes the next csv/version_N of the folder."""
+def build_loggers(cfg: DictConfig) -> list:
+    """W&B and/or CSV as `cfg.logger` asks: W&B as the run named by name_wandb_run (a resumed run logs into its
+    checkpoint's W&B run, its steps going on from the checkpoint's), CSV into the next csv/version_N of the folder."""
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
     loggers = []
     if "wandb" in cfg.logger:
         w = cfg.logger.wandb
         Path(w.save_dir).mkdir(parents=True, exist_ok=True)
-        # The jobs of one sweep share a group, so the dashboard shows them side by side.
+        # The jobs of one sweep share a group and a folder, so the dashboard shows them side by side.
         loggers.append(
             WandbLogger(
                 project=w.project,
-                name=run_name(cfg),
+                name=w.name or run_name(cfg),
                 group=w.group or sweep_name(),
                 tags=list(w.tags),
+                job_type="train",
                 save_dir=w.save_dir,
                 mode=wandb_mode(w),
-                id=continue_wandb_id,
+                id=w.id,
                 config=OmegaConf.to_container(cfg, resolve=True),
             )
         )
@@ -93,6 +119,21 @@ def wandb_mode(w: DictConfig) -> str:
         )
         os.environ["WANDB_MODE"] = "offline"
         return "offline"
+
+
+class DashboardAxes(pl.Callback):
+    """The x axis of the W&B charts: val/* and test/* against G updates (their val/g_updates, test/g_updates), so
+    that runs of different k meet at equal G updates; train/* stay on Lightning's trainer/global_step (optimiser
+    steps). W&B's own x-axis menu offers train/elapsed_s (wall time) for equal-time comparisons."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                for stage_ in ("val", "test"):
+                    logger.experiment.define_metric(f"{stage_}/g_updates")
+                    logger.experiment.define_metric(f"{stage_}/*", step_metric=f"{stage_}/g_updates")
 
 
 def finish_wandb() -> None:

@@ -65,3 +65,14 @@ class ProgressLines(ProgressBar):
             flush=True,
         )
         self._last_time, self._last_batch = now, batch
+
+
+def test_table(results: list[dict[str, float]]) -> str:
+    """trainer.test's results as one table. Its test/* metrics are computed once, at the end of the test epoch, from
+    both of its loaders (the validation rows that pick sigma, the test images scored), so Lightning's own table would
+    repeat every one under "DataLoader 0" and "DataLoader 1"."""
+    metrics = {k: v for r in results for k, v in r.items()}
+    width = max(map(len, metrics), default=6)
+    lines = [f"{'test metric':<{width}}  value", f"{'-' * width}  {'-' * 12}"]
+    lines += [f"{k:<{width}}  {v:.6g}" for k, v in sorted(metrics.items())]
+    return "\n".join(lines)
