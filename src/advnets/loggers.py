@@ -77,7 +77,7 @@ def build_loggers(cfg: DictConfig) -> list:
         loggers.append(
             WandbLogger(
                 project=w.project,
-                name=w.name or run_name(cfg),
+                name=run_name(cfg),  # name_wandb_run's, else built here (tests, benchmarks)
                 group=w.group or sweep_name(),
                 tags=list(w.tags),
                 job_type="train",
