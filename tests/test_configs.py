@@ -32,7 +32,16 @@ def test_defaults():
     cfg = compose()
     assert cfg.dataset.name == "mnist" and cfg.model.name == "maxout" and cfg.loss.generator == "nonsaturating"
     assert cfg.k == 1 and cfg.ckpt_path is None and cfg.schedule == "alternating"
-    assert cfg.optimizer.lr == 0.1 and cfg.dataset.batch_size == 100
+    assert cfg.dataset.batch_size == 100 and cfg.stabilisers.r1_gamma == 0.1
+    # Adam and the long average of G (the recipe study, docs/results.md); the paper's SGD is optimizer=momentum.
+    assert (cfg.optimizer.name, cfg.optimizer.d_lr, cfg.optimizer.g_lr, list(cfg.optimizer.betas)) == (
+        "adam",
+        2e-4,
+        2e-4,
+        [0.5, 0.999],
+    )
+    assert (cfg.model.ema_decay, cfg.model.ema_rampup) == (0.9999, 0.25)
+    assert compose("optimizer=momentum").optimizer.lr == 0.1  # the paper's lr0 for MNIST
     assert cfg.trainer.default_root_dir == "/tmp/advnets-test-run"
     assert cfg.logger.wandb.save_dir == "/tmp/advnets-test-run"
     assert cfg.logger.wandb.mode in ("offline", "online", "disabled")

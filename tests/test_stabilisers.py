@@ -133,6 +133,7 @@ def test_module_d_step_adds_r1_and_g_step_updates_the_ema(tmp_path):
         "stabilisers.r1_gamma=1.0",
         "model.ema_decay=0.5",
         "model.ema_rampup=null",
+        "optimizer=momentum",  # its first step is w - lr grad (checked below)
         "optimizer.d_lr=0.05",
         "optimizer.g_lr=0.02",
     )

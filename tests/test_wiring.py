@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import pytorch_lightning as pl
@@ -37,7 +37,6 @@ SMALL = [
     "model.discriminator.output_irange=0.5",
     "model.discriminator.input_dropout=0",
     "model.discriminator.hidden_dropout=0",
-    "model.ema_decay=null",
     "trainer.accelerator=cpu",
     # The float64 replay checks fp32 steps (TOL below); trainer.precision=auto would take the bf16 fast path on a
     # CPU with AMX, whose steps tests/test_fast_path.py checks against float64 within its own tolerance.
@@ -45,7 +44,15 @@ SMALL = [
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
     "trainer.limit_val_batches=0",
+    # The replay's baseline is the paper's SGD, not the default's Adam: SGD's step is proportional to the
+    # gradient, so an option that only rescales a loss (d_scale, real_label, R1's gamma) shows in the steps,
+    # where Adam's first steps are about lr sign(g) whatever the scale. The default's own settings are replayed
+    # by test_the_default_optimizer_and_average_reach_the_steps (DEFAULT_SMALL).
+    "optimizer=momentum",
+    "model.ema_decay=null",
 ]
+# SMALL's nets and logging with the optimiser and the average of G that conf/ composes by default.
+DEFAULT_SMALL = [o for o in SMALL if o not in ("optimizer=momentum", "model.ema_decay=null")]
 TOL = 2e-4  # relative to the largest expected change; float32 rounding is ~1e-5 of it with these nets
 
 
@@ -141,10 +148,10 @@ class Recorder(pl.Callback):
         self.events.append(("end", self.state(module)))
 
 
-def fit(tmp_path, *overrides, batches=2, epochs=1):
+def fit(tmp_path, *overrides, batches=2, epochs=1, base=SMALL):
     """The module fitted by a Trainer built from the composed trainer config, as train.py builds it."""
     cfg = compose(
-        *SMALL,
+        *base,
         f"trainer.max_epochs={epochs}",
         f"trainer.limit_train_batches={batches}",
         *overrides,
@@ -272,6 +279,20 @@ class Mismatch(AssertionError):
     pass
 
 
+def check_step(what: str, before: dict, after: dict, change: torch.Tensor):
+    """A step's change of the weights against the expected one, within TOL of the largest expected change plus
+    the float32 rounding of the weights: a step of lr 2e-4 on weights of 0.5 is then checked as tightly as one
+    of 0.1 (a check of the weights themselves would pass any step smaller than TOL of the weights)."""
+    before, after = flat(before), flat(after)
+    slack = TOL * float(change.abs().max()) + 2.0**-22 * float(after.abs().max())
+    worst = float((after - before - change).abs().max())
+    if worst > slack:
+        raise Mismatch(
+            f"{what}: changed by {(after - before)[:4].tolist()}, expected {change[:4].tolist()} "
+            f"(max diff {worst:.3g}, allowed {slack:.3g})"
+        )
+
+
 def check(what: str, actual, expected, tol=TOL):
     actual, expected = torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
     scale = max(float(expected.abs().max()), 1e-12)
@@ -323,7 +344,7 @@ def replay(module, events, rows, s: Settings) -> None:
         loss, d_real, d_fake, r1 = d_objective(d_ref, real_in, fake_in, s, updates["G"])
         grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(d_ref.parameters()))])
         change = update(state["D"], grad, s.d_lr, updates["D"], mu, s)
-        check(f"batch {b + 1}: D's step", flat(d_post["D"]), flat(d_pre["D"]) + change)
+        check_step(f"batch {b + 1}: D's step", d_pre["D"], d_post["D"], change)
         # Then max_col_norm: D's weights once its update is over (G's step leaves them as they are).
         d_after = span[-1][1]["D"]
         check(f"batch {b + 1}: D after its update", flat(d_after), flat(renormed(d_post["D"], s)), 1e-6)
@@ -355,7 +376,7 @@ def replay(module, events, rows, s: Settings) -> None:
             g_loss = g_objective(p_fake, s)
             g_grad = torch.cat([g.flatten() for g in torch.autograd.grad(g_loss, list(g_ref.parameters()))])
             change = update(state["G"], g_grad, s.g_lr, updates["G"], mu, s)
-            check(f"batch {b + 1}: G's step", flat(g_post["G"]), flat(g_pre["G"]) + change)
+            check_step(f"batch {b + 1}: G's step", g_pre["G"], g_post["G"], change)
             check(f"batch {b + 1}: G after its update", flat(span[-1][1]["G"]), flat(renormed(g_post["G"], s)), 1e-6)
             updates["G"] += 1
             latest_g = {"train/g_loss": g_loss, "train/g_grad_norm": g_grad.norm()}
@@ -446,6 +467,22 @@ def test_option_reaches_the_step_and_the_logged_statistics(fits, case):
             replay(module, events, rows, DEFAULT_OF.get(case, Settings()))
 
 
+# The default's optimiser as conf/optimizer/adam.yaml writes it: lr 2e-4 for both nets, betas (0.5, 0.999).
+DEFAULT_RECIPE = Settings(optimizer="adam", d_lr=2e-4, g_lr=2e-4)
+
+
+def test_the_default_optimizer_and_average_reach_the_steps(fits):
+    """The default as conf/ composes it (DEFAULT_SMALL names no optimiser or average): every D and G step and
+    logged row is Adam's at lr 2e-4 with betas (0.5, 0.999); the same replay with G's lr, D's lr or beta1 changed,
+    or with the paper's SGD, does not match. (Its average: test_ema_starts_from_g_and_follows_g_updates_only.)"""
+    module, events, rows = fits("default", [], batches=3, base=DEFAULT_SMALL)
+    replay(module, events, rows, DEFAULT_RECIPE)
+    wrong = [replace(DEFAULT_RECIPE, d_lr=1e-4), replace(DEFAULT_RECIPE, g_lr=1e-4)]
+    for settings in [*wrong, replace(DEFAULT_RECIPE, betas=(0.9, 0.999)), Settings()]:
+        with pytest.raises(Mismatch):
+            replay(module, events, rows, settings)
+
+
 def test_noise_is_the_configured_distribution_and_size(fits):
     """model.noise and model.noise_dim reach the draws: U(-sqrt 3, sqrt 3)^6 by default, N(0, I)^6 when set."""
     for case, overrides in (("baseline", []), ("normal_noise", ["model.noise=normal"])):
@@ -477,24 +514,34 @@ def test_the_settings_replayed_here_are_the_composed_defaults():
         opt.momentum_end,
         opt.momentum_saturate_epoch,
     )
+    default = compose(*DEFAULT_SMALL).optimizer
+    d = DEFAULT_RECIPE
+    assert (default.name, default.d_lr, default.g_lr, tuple(default.betas)) == (d.optimizer, d.d_lr, d.g_lr, d.betas)
 
 
 @pytest.mark.parametrize(
     "schedule, k, batches, decay, rampup",
-    [("alternating", 2, 4, 0.5, None), ("simultaneous", 1, 2, 0.5, None), ("alternating", 1, 3, 0.9, 0.5)],
+    [
+        ("alternating", 2, 4, 0.5, None),
+        ("simultaneous", 1, 2, 0.5, None),
+        ("alternating", 1, 3, 0.9, 0.5),
+        ("alternating", 1, 3, "default", "default"),  # the default's, as composed: 0.9999, ramp-up 0.25
+    ],
 )
 def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches, decay, rampup):
     """model.ema_decay (and ema_rampup): the EMA starts at G's weights as the fit starts (after G's output bias is
     set from the data), is left alone by every D step, and after G's n-th update (only then) becomes
     beta_n EMA + (1 - beta_n) G, with G as that update left it: beta_n = decay without a ramp-up, else
     0.5^(1 / min(h, rampup n)), h = ln(1/2) / ln(decay) the half-life at full horizon."""
-    overrides = [
-        f"model.ema_decay={decay}",
-        f"model.ema_rampup={'null' if rampup is None else rampup}",
-        f"schedule={schedule}",
-        f"k={k}",
-    ]
-    _, events, _ = fits(f"ema_{schedule}_{k}_{rampup}", overrides, batches=batches)
+    schedule_overrides = [f"schedule={schedule}", f"k={k}"]
+    if decay == "default":  # nothing named: the fit composes the default's optimiser and average
+        composed = compose(*DEFAULT_SMALL).model
+        decay, rampup = 0.9999, 0.25
+        assert (composed.ema_decay, composed.ema_rampup) == (decay, rampup)
+        _, events, _ = fits("default", [], batches=batches, base=DEFAULT_SMALL)
+    else:
+        overrides = [f"model.ema_decay={decay}", f"model.ema_rampup={'null' if rampup is None else rampup}"]
+        _, events, _ = fits(f"ema_{schedule}_{k}_{rampup}", [*overrides, *schedule_overrides], batches=batches)
     start = events[0][1]
     bias = [n for n in start["G"] if n.endswith("bias")][-1]  # the output layer's
     assert float(start["G"][bias].mean()) == pytest.approx(math.log(0.3 / 0.7), abs=0.05)
