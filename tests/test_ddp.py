@@ -116,6 +116,8 @@ def ddp_run(data_dir, tmp_path_factory):
         # fp32: the checks below replay the ranks' steps and dropout masks in fp32 (trainer.precision=auto would
         # take the bf16 fast path, with its own masks, on a CPU with AMX).
         "trainer.precision=32-true",
+        # The paper's SGD: its first step is -lr0 times the gradient, which the replay below checks.
+        "optimizer=momentum",
         f"k={K}",
         *tiny_run(data_dir, BATCHES),
         *NETS,

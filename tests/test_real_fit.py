@@ -30,6 +30,7 @@ SMALL = [
     "stabilisers.r1_gamma=null",
     "model.discriminator.input_dropout=0",
     "model.discriminator.hidden_dropout=0",
+    "optimizer=momentum",  # its lr decay and momentum ramp are checked below
 ]
 
 

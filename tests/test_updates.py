@@ -29,6 +29,7 @@ SMALL = [
     "model.discriminator.output_irange=0.5",
     "model.ema_decay=null",
     "stabilisers.r1_gamma=null",
+    "optimizer=momentum",  # the paper's updates (Adam's: tests/test_wiring.py)
 ]
 LR0, DECAY, MU = 0.1, 1.000004, 0.5  # the paper's lr0 and decay; mu in epoch 1
 TOL = 1e-4  # relative to the largest expected change; float32 rounding is ~5e-6 of it here
