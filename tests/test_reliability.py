@@ -337,7 +337,9 @@ def test_preempted_mid_epoch_resumes_bitwise(preempted, straight):
     config = done["hyper_parameters"]["config"]
     assert config["optimizer"]["name"] == "adam"
     assert (config["model"]["ema_decay"], config["model"]["ema_rampup"]) == (0.9999, 0.25)
-    assert all({"exp_avg", "exp_avg_sq", "step"} <= set(s) for o in done["optimizer_states"] for s in o["state"].values())
+    assert all(
+        {"exp_avg", "exp_avg_sq", "step"} <= set(s) for o in done["optimizer_states"] for s in o["state"].values()
+    )
 
 
 @pytest.mark.slow
