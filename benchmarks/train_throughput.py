@@ -91,7 +91,8 @@ class _Timer:
 
 
 # (a) as (b) and (c) run it: the paper's update, without the default R1 penalty and EMA of G.
-LIKE_PLAIN = ["stabilisers.r1_gamma=null", "model.ema_decay=null"]
+# The plain loops' updates: the paper's SGD (the default trains with Adam), no R1, no EMA.
+LIKE_PLAIN = ["stabilisers.r1_gamma=null", "model.ema_decay=null", "optimizer=momentum"]
 OPTIONS = {"extra": LIKE_PLAIN, "logger": []}  # set from the command line in main()
 
 
