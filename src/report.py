@@ -76,12 +76,13 @@ def read_metrics(folder: Path) -> list[dict[str, float]]:
 
 
 def overrides(folder: Path) -> list[str]:
-    """The command-line overrides that name the run (Hydra's override_dirname: no paths, no hydra.* keys)."""
-    hydra_yaml = folder / ".hydra" / "hydra.yaml"
-    if not hydra_yaml.is_file():
+    """The command-line overrides that name the run: Hydra's record of them (.hydra/overrides.yaml, one item per
+    override, so that a list value's commas stay inside it) without the bookkeeping of NOT_IN_RUN_NAME, as in
+    the run's name (Hydra's override_dirname)."""
+    path = folder / ".hydra" / "overrides.yaml"
+    if not path.is_file():
         return []
-    dirname = yaml.safe_load(hydra_yaml.read_text())["hydra"]["job"]["override_dirname"]
-    return dirname.split(",") if dirname else []
+    return [o for o in yaml.safe_load(path.read_text()) or [] if not is_under(o, NOT_IN_RUN_NAME)]
 
 
 def read_run(folder: Path) -> Run:

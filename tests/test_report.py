@@ -22,11 +22,18 @@ FIELDS = [
 ]
 
 
-def write_run(folder, overrides, val_curve, collapsed=0.0, test=None):
-    (folder / ".hydra").mkdir(parents=True)
+def write_hydra_record(folder, overrides):
+    """Hydra's record of a run's command line: the overrides one per item (.hydra/overrides.yaml) and joined by
+    commas as the run's name (hydra.yaml's override_dirname)."""
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
     (folder / ".hydra" / "hydra.yaml").write_text(
         yaml.safe_dump({"hydra": {"job": {"override_dirname": ",".join(overrides)}}})
     )
+
+
+def write_run(folder, overrides, val_curve, collapsed=0.0, test=None):
+    (folder / ".hydra").mkdir(parents=True)
+    write_hydra_record(folder, overrides)
     (folder / "csv" / "version_0").mkdir(parents=True)
     with open(folder / "csv" / "version_0" / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS)
@@ -135,7 +142,7 @@ def test_report_shows_the_fid_beside_parzen(tmp_path):
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"override_dirname": "k=2"}}}))
+    write_hydra_record(run, ["k=2"])
     (run / "csv" / "version_0").mkdir(parents=True)
     rows = [
         {"epoch": 0, "val/parzen_ll": 10, "val/ema_parzen_ll": 20, "val/fid": 80.5, "val/ema_fid": 90.25},
@@ -166,9 +173,7 @@ def test_report_shows_the_fid_beside_parzen(tmp_path):
 def write_rows(folder, overrides, rows):
     """A run folder with hand-written metrics rows (each a dict of the CSV logger's columns)."""
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "hydra.yaml").write_text(
-        yaml.safe_dump({"hydra": {"job": {"override_dirname": ",".join(overrides)}}})
-    )
+    write_hydra_record(folder, overrides)
     (folder / "csv" / "version_0").mkdir(parents=True)
     fields = sorted({k for r in rows for k in r})
     with open(folder / "csv" / "version_0" / "metrics.csv", "w", newline="") as f:
@@ -356,3 +361,18 @@ def test_report_reads_the_full_protocol_of_evaluated_checkpoints(tmp_path):
     ]
     assert rows["20"][3] == "125.0 +- 5.0 (+- 2.0)" and rows["20"][4] == "25.0 +- 5.0"
     assert (tmp_path / "report_protocol.png").is_file()
+
+
+def test_an_override_whose_value_holds_commas_is_one_setting(tmp_path):
+    """A list value (nets, callbacks.extra) keeps its commas: the runs of two seeds of it are one setting, named by
+    the whole override, and the bookkeeping of callbacks.extra is left out as in the run's name."""
+    import report
+
+    layers = "model.generator.layers=[{units:8,activation:relu},{units:9,activation:relu}]"
+    extra = "callbacks.extra=[{_target_: a.B, x: 1}, {_target_: a.C}]"
+    for seed in (1, 2):
+        write_run(tmp_path / f"seed{seed}", [layers, f"seed={seed}", extra], [(10, 20), (30, 40)])
+    write_run(tmp_path / "seed3", [f"seed={3}"], [(10, 20), (30, 40)])
+    runs = report.find_runs([tmp_path / f"seed{s}" for s in (1, 2, 3)])
+    assert [report.overrides(r.folder) for r in runs[:2]] == [[layers, "seed=1"], [layers, "seed=2"]]
+    assert {label: len(group) for label, group in report.settings(runs).items()} == {layers: 2, "defaults": 1}
