@@ -1,12 +1,12 @@
 """The recipe study (docs/results.md): every route and average at epoch 60 over seeds, the rule written before the
-runs applied to them, the Parzen-FID figure (docs/recipe_parzen_fid.png) and the chosen average's samples beside
-its raw G's (docs/recipe_samples.png).
+runs applied to them, the Parzen-FID figure (docs/recipe_parzen_fid.png) and, from a run folder that still has its
+checkpoints, the chosen average's samples beside its raw G's (docs/recipe_samples.png).
 
 Reads docs/results/runs/recipe/<route>/seedS (docs/results/recipe_run.sh: eval/epoch_NNNN for the raw G and the
-run's own average, eval_variants/<average>/epoch_NNNN for the others) and, for the samples, the first run of the
-new default in docs/results/runs/adam_ema (docs/results/default_run.sh: raw G and its average on the same z).
+run's own average, eval_variants/<average>/epoch_NNNN for the others).
 
-    python docs/results/recipe_table.py
+    python docs/results/recipe_table.py                                     # the table, the rule, the figure
+    python docs/results/recipe_table.py --samples outputs/recipe/adam/seed333   # and the grids of that run
 """
 
 from __future__ import annotations
@@ -205,25 +205,30 @@ def plot(data: dict[str, dict[int, dict]], path: Path) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
-def samples(path: Path) -> None:
-    """The new default's first Table 1 run: its raw G and its average at epoch 60, on the same fixed z."""
-    runs = sorted((HERE / "runs" / "adam_ema").glob("seed*"))
-    if not runs:
-        return
+def samples(run: Path, name: str, path: Path) -> None:
+    """The raw G of a study run at epoch 60 and its average `name`, on the same 64 noise vectors (the run's fixed
+    z), side by side. Needs the run folder itself (its checkpoints and ema_variants/, which are not committed)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
+    import torch
+    from torchvision.utils import make_grid
 
-    run = runs[0]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6.3))
-    for ax, (folder, title) in zip(
-        axes, (("samples", "raw G"), ("samples_ema", "its average (decay 0.9999, ramp-up 0.25)"))
-    ):
-        ax.imshow(mpimg.imread(run / folder / f"epoch_{FINAL:04d}.png"), cmap="gray")
-        ax.set_title(f"{title}, {run.name}, epoch {FINAL}", fontsize=10)
-        ax.axis("off")
+    from advnets.module import GAN
+
+    tag = f"{FINAL - 1:04d}"
+    (ckpt,) = run.glob(f"checkpoints/epoch{tag}-*.ckpt")
+    module = GAN.load_from_checkpoint(str(ckpt), map_location="cpu").eval()
+    average = module.generator_ema.generator
+    average.load_state_dict(torch.load(run / "ema_variants" / f"epoch{tag}.pt", map_location="cpu")[name])
+    z = module.fixed_z[:64]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4))
+    with torch.no_grad():
+        for ax, (net, title) in zip(axes, ((module.generator, "raw G"), (average, f"its average `{name}`"))):
+            ax.imshow(make_grid(net(z), nrow=8, padding=2, pad_value=1.0).permute(1, 2, 0).numpy())
+            ax.set_title(f"{title}: {run.parent.name} {run.name}, epoch {FINAL}, the same z", fontsize=10)
+            ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -231,12 +236,21 @@ def samples(path: Path) -> None:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--samples", type=Path, help="a study run's folder (outputs/recipe/<route>/seedS) for the grids"
+    )
+    parser.add_argument("--average", default="d0.9999_r0.25", help="the average drawn beside the raw G")
+    args = parser.parse_args()
     data = study()
     print(f"Epoch {FINAL}, full protocol, mean ± s.e. over seeds:\n")
     print(table(data) + "\n")
     print(verdict(data))
     plot(data, HERE.parent / "recipe_parzen_fid.png")
-    samples(HERE.parent / "recipe_samples.png")
+    if args.samples:
+        samples(args.samples, args.average, HERE.parent / "recipe_samples.png")
 
 
 if __name__ == "__main__":
