@@ -10,8 +10,8 @@ a, b and c alternate `--repeats` times; the median samples per second of each is
 ratios a/b and a/c and the peak memory. `--scaling` adds samples per second of (a) for batch sizes
 50..400 and for 1 vs 2 threads; `--features` times bf16 mixed precision, torch.compile and a
 larger batch. `--fast-path` times the project's defaults (Algorithm 1, k = 1, R1, EMA of G) in fp32,
-with trainer.precision=bf16-mixed (the fast path, advnets.precision), with model.compile=true, and with
-both, interleaved `--repeats` times; it prints each one's median samples/s and ratio to fp32, then a
+with trainer.precision=bf16-mixed (the fast path, advnets.precision), with model.compile=true, with both, and
+with model.compile_updates=true (the fast path's updates compiled, advnets.updates), interleaved `--repeats` times; it prints each one's median samples/s and ratio to fp32, then a
 profile (top ops by self CPU time) of the fastest and, on a CPU, where the time of fp32's batch and of the
 fastest's goes, with what 2x fp32 would leave the fastest for its work other than matmuls.
 
@@ -107,7 +107,14 @@ TIME_SHARES = {
     "EMA of G (lerp_)": ("aten::lerp_",),
     "maxout (max and its backward)": ("aten::max", "aten::amax", "aten::scatter", "aten::scatter_", "aten::gather"),
     "dropout masks": ("aten::random_", "aten::bernoulli_", "aten::ge"),
+    # model.compile_updates (and model.compile): Inductor's C++ kernels run inside these ranges, not as aten ops.
+    "compiled graphs (Inductor kernels)": ("## Call CompiledFxGraph*", "Torch-Compiled Region*"),
 }
+
+
+def _names(key: str, ops: tuple[str, ...]) -> bool:
+    """Whether the profiled op `key` is one of `ops` (a name ending in * is a prefix)."""
+    return any(key.startswith(op[:-1]) if op.endswith("*") else key == op for op in ops)
 
 
 def time_shares(events, batches: int, seconds: float) -> dict[str, float]:
@@ -115,7 +122,10 @@ def time_shares(events, batches: int, seconds: float) -> dict[str, float]:
     ("other ops"), of the wall time outside any op ("outside the ops": Python, autograd's engine, Lightning) and
     of the whole batch (wall, profiled)."""
     self_us = {e.key: e.self_cpu_time_total for e in events}
-    ms = {kind: sum(self_us.get(op, 0.0) for op in ops) / batches / 1e3 for kind, ops in TIME_SHARES.items()}
+    ms = {
+        kind: sum(us for key, us in self_us.items() if _names(key, ops)) / batches / 1e3
+        for kind, ops in TIME_SHARES.items()
+    }
     ops_ms = sum(self_us.values()) / batches / 1e3
     ms["other ops"] = ops_ms - sum(ms.values())
     ms["outside the ops"] = seconds / batches * 1e3 - ops_ms
@@ -425,6 +435,8 @@ FAST_PATH_ROWS = {
     "bf16-mixed (fast path)": ["trainer.precision=bf16-mixed"],
     "fp32 + model.compile": ["trainer.precision=32-true", "model.compile=true"],
     "bf16-mixed + model.compile": ["trainer.precision=bf16-mixed", "model.compile=true"],
+    # The updates compiled (advnets/updates.py): the optimisers' steps, G's average and the bf16 casts fused.
+    "bf16-mixed + compile_updates": ["trainer.precision=bf16-mixed", "model.compile_updates=true"],
 }
 
 

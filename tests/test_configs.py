@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from advnets.config import trainer_arguments
 from advnets.data import build_datamodule
 from advnets.module import GAN
-from advnets.optim import ClassicMomentum
+from advnets.optim import Adam, ClassicMomentum
 from conftest import REPO, compose
 from test_cifar10 import PER_BATCH, write_cifar
 from test_tfd import write_tfd
@@ -221,7 +221,7 @@ def test_every_option_builds_and_takes_a_training_step(
         changes = [(p.detach() - before[f"{net}.{n}"]).abs().max() for n, p in getattr(module, net).named_parameters()]
         assert all(torch.isfinite(p).all() for p in getattr(module, net).parameters())
         if optimizer == "adam":
-            assert type(opt) is torch.optim.Adam and group["lr"] == 2e-4 and group["betas"] == (0.5, 0.999)
+            assert type(opt) is Adam and group["lr"] == 2e-4 and group["betas"] == (0.5, 0.999)
             assert all(int(s["step"]) == 1 for s in opt.state.values())
             # Adam's first step moves each weight by lr * |g| / (|g| + eps): at most lr, about lr where |g| >> eps
             # (D's gradients here; G's can be ~1e-9 at D's initial weights). With max_col_norm (TFD) the rows

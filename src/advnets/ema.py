@@ -37,17 +37,23 @@ class GeneratorEMA(nn.Module):
         self.decay = float(decay)
         self.rampup = None if rampup is None else float(rampup)
         self.generator = copy.deepcopy(generator).requires_grad_(False)
+        # The latest G update already folded in by G's compiled update (advnets.updates), which update() skips.
+        self.folded_through: int | None = None
 
     @torch.no_grad()
     def reset(self, generator: nn.Module) -> None:
         """Start the average at G's current weights."""
         self.generator.load_state_dict(generator.state_dict())
 
+    def weight(self, n: int) -> float:
+        """The weight of G's weights in the average after its n-th update, 1 - beta_n."""
+        return 1.0 - ema_beta(n, self.decay, self.rampup)
+
     @torch.no_grad()
     def update(self, generator: nn.Module, n: int) -> None:
         """Fold in G's weights after its n-th update."""
-        averaged = list(self.generator.parameters())
-        weight = 1.0 - ema_beta(n, self.decay, self.rampup)
-        torch._foreach_lerp_(averaged, [p.detach() for p in generator.parameters()], weight)
+        if self.folded_through != n:
+            averaged = list(self.generator.parameters())
+            torch._foreach_lerp_(averaged, [p.detach() for p in generator.parameters()], self.weight(n))
         for mine, theirs in zip(self.generator.buffers(), generator.buffers()):
             mine.copy_(theirs)

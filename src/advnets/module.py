@@ -22,6 +22,7 @@ from advnets.optim import anneal_factor, anneal_lr, apply_config, build_optimize
 from advnets.precision import bf16_matmuls, wants_fast_path
 from advnets.seeds import DROPOUT_MASKS, SAMPLES, derive_seed, seed_global_generator
 from advnets.stabilisers import build_stabilisers
+from advnets.updates import attach as attach_compiled_updates
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +135,10 @@ class GAN(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = self.cfg.optimizer
-        return [
-            build_optimizer(self.discriminator.parameters(), opt, opt.get("d_lr")),
-            build_optimizer(self.generator.parameters(), opt, opt.get("g_lr")),
-        ]
+        d_opt = build_optimizer(self.discriminator.parameters(), opt, opt.get("d_lr"))
+        g_opt = build_optimizer(self.generator.parameters(), opt, opt.get("g_lr"))
+        attach_compiled_updates(self, d_opt, g_opt)  # model.compile_updates: on the fast path, else nothing
+        return [d_opt, g_opt]
 
     def on_train_start(self) -> None:
         self._fit_start = time.monotonic()

@@ -30,6 +30,8 @@ class ClassicMomentum(torch.optim.Optimizer):
         super().__init__(
             params, dict(lr=lr, lr0=lr, momentum=momentum, lr_decay=lr_decay, min_lr=min_lr, updates=0, lr_scale=1.0)
         )
+        # The fast path's compiled update (advnets.updates.CompiledUpdate; model.compile_updates), or None: eager.
+        self.compiled_update = None
 
     @staticmethod
     def lr_at(group: dict, updates: int) -> float:
@@ -50,13 +52,72 @@ class ClassicMomentum(torch.optim.Optimizer):
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(p)
                 velocities.append(state["velocity"])
-            if params:
+            grads = [p.grad for p in params]
+            if params and not self._compiled_step(params, grads, velocities, lr, group["momentum"]):
                 torch._foreach_mul_(velocities, group["momentum"])
-                torch._foreach_add_(velocities, [p.grad for p in params], alpha=-lr)
+                torch._foreach_add_(velocities, grads, alpha=-lr)
                 torch._foreach_add_(params, velocities)
             group["updates"] += 1
             # The lr the next update will use, which is what a logger wants to show.
             group["lr"] = self.lr_at(group, group["updates"])
+        return loss
+
+    def _compiled_step(self, params, grads, velocities, lr: float, mu: float) -> bool:
+        if self.compiled_update is None:
+            return False
+        from advnets.updates import momentum_update
+
+        as_tensor = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
+        return self.compiled_update.run(momentum_update, params, grads, velocities, as_tensor(lr), as_tensor(mu))
+
+
+class Adam(torch.optim.Adam):
+    """torch.optim.Adam (its state and checkpoints), whose step can be the fast path's compiled update."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float, betas: tuple[float, float]):
+        super().__init__(params, lr=lr, betas=betas)
+        self.compiled_update = None  # as ClassicMomentum's
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if self.compiled_update is None or self.compiled_update.eager:
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if not state:  # as torch.optim.Adam starts a parameter's state
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            # One step count for the group (its parameters are all stepped together), in float64 as Adam's.
+            t = float(states[0]["step"]) + 1
+            beta1, beta2 = group["betas"]
+            step_size = torch.tensor(group["lr"] / (1 - beta1**t), dtype=torch.float32)
+            bias_correction2_sqrt = torch.tensor((1 - beta2**t) ** 0.5, dtype=torch.float32)
+            from advnets.updates import adam_update
+
+            ran = self.compiled_update.run(
+                adam_update,
+                params,
+                [p.grad for p in params],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                (float(beta1), float(beta2)),
+                float(group["eps"]),
+                step_size,
+                bias_correction2_sqrt,
+            )
+            if not ran:
+                return super().step(closure)
+            for state in states:
+                state["step"] += 1
         return loss
 
 
@@ -77,7 +138,7 @@ def _momentum(params: Iterable[Tensor], cfg: Mapping, lr: float) -> torch.optim.
 
 
 def _adam(params: Iterable[Tensor], cfg: Mapping, lr: float) -> torch.optim.Optimizer:
-    adam = torch.optim.Adam(params, lr=lr, betas=tuple(cfg["betas"]))
+    adam = Adam(params, lr=lr, betas=tuple(cfg["betas"]))
     for group in adam.param_groups:  # saved with the state, like ClassicMomentum's lr0 and lr_scale
         group.update(base_lr=lr, lr_scale=1.0)
     return adam

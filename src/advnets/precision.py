@@ -74,6 +74,26 @@ def cast(layer: nn.Module, name: str) -> Tensor:
     return hit[1]
 
 
+def put_cast(layer: nn.Module, name: str, param: Tensor, copy: Tensor) -> None:
+    """Take `copy`, a bf16 copy of layer.<name> (`param`) made elsewhere (the compiled update of advnets.updates
+    makes it with the update), as that value's cast: differentiable as `cast`'s is, its gradient reaching `param`."""
+    with torch.enable_grad():
+        _casts.setdefault(layer, {})[name] = ((param._version, param.data_ptr()), _Precast.apply(param, copy))
+
+
+class _Precast(torch.autograd.Function):
+    """`copy` as param.to(bf16) would be: the same values, its gradient cast back to param's dtype."""
+
+    @staticmethod
+    def forward(ctx, param: Tensor, copy: Tensor) -> Tensor:
+        ctx.dtype = param.dtype
+        return copy
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad.to(ctx.dtype), None
+
+
 def linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """layer(x) in bf16 on the fast path (output bf16), as nn.Linear elsewhere."""
     if not enabled():
@@ -240,6 +260,7 @@ __all__ = [
     "linear",
     "maxout",
     "precision_line",
+    "put_cast",
     "resolve_precision",
     "wants_fast_path",
 ]
