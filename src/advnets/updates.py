@@ -64,9 +64,10 @@ def compiled(update: Callable) -> Callable:
 
 
 class CompiledUpdate:
-    """One net's update on the fast path: its optimiser calls `momentum` or `adam` in place of its eager
-    arithmetic. `average` (G's GeneratorEMA, whose update n the fused function folds in, `next_update()` giving n)
-    may be None. The bf16 casts it returns fill the fast path's cast cache, so the next forward pass makes none."""
+    """One net's update on the fast path: its optimiser's step calls `run(momentum_update or adam_update, ...)` in
+    place of its eager arithmetic. `average` (G's GeneratorEMA, whose update n the compiled function folds in,
+    `next_update()` giving n) is None for D. The bf16 casts it returns fill the fast path's cast cache, so the next
+    forward pass makes none."""
 
     def __init__(self, net: nn.Module, average=None, next_update: Callable[[], int] | None = None):
         # Each parameter's layer and name, for the cast cache (precision.cast's key).
