@@ -84,7 +84,7 @@ $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" 2>&1 | tail -3
 stamp "training throughput (the paper's Algorithm 1 through the project, and the plain loops)"
 timeout 150 $PY benchmarks/train_throughput.py "${BENCH[@]}" --data-dir "$DATA_DIR" --logger csv 2>&1 | grep -E "^(device|\([abc]\)|a/b|peak)"
 
-stamp "the fast path: the defaults (Algorithm 1, k=1, R1, EMA of G) in fp32, bf16-mixed, compiled and both"
+stamp "the fast path: the defaults (Algorithm 1, k=1, R1, EMA of G) in fp32, bf16-mixed, compiled, both, and bf16-mixed with the compiled updates"
 # D+G updates per second of each, with its ratio to fp32, then a profile of the fastest; the compiled rows
 # once with torch.compile's default mode and once with reduce-overhead (CUDA graphs). A row that fails
 # (e.g. CUDA graphs refused by manual optimisation) prints its error and the next one still runs.
