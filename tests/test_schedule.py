@@ -27,7 +27,8 @@ class Recorder(pl.Callback):
 
 
 def fit(data_dir, tmp_path, *overrides, batches=30):
-    cfg = compose(f"paths.data_dir={data_dir}", "logger=none", *overrides, output_dir=tmp_path)
+    # The paper's SGD: its param groups count the updates (checked below).
+    cfg = compose(f"paths.data_dir={data_dir}", "logger=none", "optimizer=momentum", *overrides, output_dir=tmp_path)
     module = GAN(OmegaConf.to_container(cfg, resolve=True))
     events = []  # ("noise", z) / ("G", None) / ("D", None) in call order, during the training steps
     recorder = Recorder()
