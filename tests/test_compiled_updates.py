@@ -16,14 +16,10 @@ from advnets import precision
 from advnets.data import EpochBatchSampler, TensorBatches
 from advnets.module import GAN
 from conftest import bare_trainer, compose
+from test_fast_path import NETS
 
 SMALL = [
-    "logger=none",
-    "model.noise_dim=10",
-    "model.generator.layers=[{units:32,activation:relu,irange:0.5}]",
-    "model.generator.output.irange=0.5",
-    "model.discriminator.layers=[{units:16,pieces:3,irange:0.1},{units:16,pieces:3,irange:0.2}]",
-    "model.discriminator.output_irange=0.5",
+    *NETS,
     # A short horizon, so that the average moves visibly in a few updates.
     "model.ema_decay=0.9",
     "model.ema_rampup=0.5",

@@ -32,13 +32,17 @@ from advnets.module import GAN
 from conftest import bare_trainer, compose
 
 GAMMA = 1.0
-SMALL = [
+# Small nets whose D step moves G's gradient visibly (tests/test_compiled_updates.py uses them too).
+NETS = [
     "logger=none",
     "model.noise_dim=10",
     "model.generator.layers=[{units:32,activation:relu,irange:0.5}]",
     "model.generator.output.irange=0.5",
     "model.discriminator.layers=[{units:16,pieces:3,irange:0.1},{units:16,pieces:3,irange:0.2}]",
     "model.discriminator.output_irange=0.5",
+]
+SMALL = [
+    *NETS,
     "model.ema_decay=0.5",
     "model.ema_rampup=null",
     f"stabilisers.r1_gamma={GAMMA}",

@@ -97,11 +97,12 @@ def eligible(runs: dict[int, dict], which: str) -> bool:
 def choose(data: dict[str, dict[int, dict]]) -> tuple[tuple[str, str] | None, list[str]]:
     """The chosen (route, average) and the reasons, as docs/results.md's rule words them."""
     notes, pairs = [], []
+    too_few = [route for route, runs in data.items() if len(runs) < 3]
     for route, runs in data.items():
-        if len(runs) < 3:
+        if route in too_few:
             notes.append(f"{route} has {len(runs)} finished seeds: the rule needs at least 3 per optimiser")
         pairs += [(route, which) for which in AVERAGES if runs and eligible(runs, which)]
-    if not pairs or any("at least 3" in n for n in notes):
+    if not pairs or too_few:
         return None, notes
     ranked = sorted(pairs, key=lambda p: -report.mean_se(at_final(data[p[0]], p[1], "parzen_ll"))[0])
     best = ranked[0]

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
+from advnets.updates import adam_update, momentum_update
+
 
 class ClassicMomentum(torch.optim.Optimizer):
     """pylearn2's SGD: v = mu * v - lr * grad; w += v, with lr = max(lr0 / decay^n, min_lr).
@@ -65,8 +67,6 @@ class ClassicMomentum(torch.optim.Optimizer):
     def _compiled_step(self, params, grads, velocities, lr: float, mu: float) -> bool:
         if self.compiled_update is None:
             return False
-        from advnets.updates import momentum_update
-
         as_tensor = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
         return self.compiled_update.run(momentum_update, params, grads, velocities, as_tensor(lr), as_tensor(mu))
 
@@ -101,8 +101,6 @@ class Adam(torch.optim.Adam):
             beta1, beta2 = group["betas"]
             step_size = torch.tensor(group["lr"] / (1 - beta1**t), dtype=torch.float32)
             bias_correction2_sqrt = torch.tensor((1 - beta2**t) ** 0.5, dtype=torch.float32)
-            from advnets.updates import adam_update
-
             ran = self.compiled_update.run(
                 adam_update,
                 params,
