@@ -7,9 +7,9 @@
 #   EPOCHS=200 EVERY=20 bash docs/results/default_run.sh long_default 350  # how far the default goes
 #   EPOCHS=300 EVERY=20 bash docs/results/default_run.sh long_mnist 351 experiment=mnist
 #
-# Extra arguments are overrides of train.py. One CPU thread (OMP_NUM_THREADS=1, nice), the default precision
-# (trainer.precision=auto: the bf16 fast path on a CPU with AMX), logger=csv (logging changes no update). A run
-# stopped part-way resumes from its last.ckpt when the same command is given again.
+# Extra arguments are overrides of train.py. OMP_NUM_THREADS CPU threads (1 unless set), nice; the default precision
+# (trainer.precision=auto: the bf16 fast path on a CPU with AMX, fp32 on one without); logger=csv (logging
+# changes no update). A run stopped part-way resumes from its last.ckpt when the same command is given again.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 name=$1 seed=$2
@@ -17,7 +17,7 @@ shift 2
 epochs=${EPOCHS:-60} every=${EVERY:-10}
 run=outputs/results/$name/seed$seed
 out=docs/results/runs/$name/seed$seed
-export OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 if ! ls "$run/checkpoints/epoch$(printf %04d $((epochs - 1)))"-*.ckpt >/dev/null 2>&1; then
   resume=()
   [ -e "$run/checkpoints/last.ckpt" ] && resume=("ckpt_path=$run/checkpoints/last.ckpt")
