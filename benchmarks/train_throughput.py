@@ -27,6 +27,7 @@ add both; `--defaults` times those instead).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -361,6 +362,11 @@ def main() -> None:
         default=30,
         help="--fast-path: batches before the timed ones (torch.compile compiles in the first)",
     )
+    parser.add_argument(
+        "--step-costs",
+        action="store_true",
+        help="the defaults with the step's changes one by one (fused Adam, lazy R1, no R1), in the auto precision",
+    )
     parser.add_argument("--tiny", action="store_true", help="a few iterations, one repeat")
     parser.add_argument("--defaults", action="store_true", help="(a) with the project's defaults (R1, EMA of G)")
     parser.add_argument("--logger", default=None, help="(a)'s logger option, e.g. csv (default: W&B offline + CSV)")
@@ -379,6 +385,9 @@ def main() -> None:
     )
     if args.fast_path:
         fast_path_rows(args, data_dir)
+        return
+    if args.step_costs:
+        step_cost_rows(args, data_dir)
         return
 
     speeds: dict[str, list[float]] = {"a": [], "b": [], "c": []}
@@ -534,6 +543,63 @@ def fast_path_rows(args, data_dir: str) -> None:
     if args.device == "cpu":
         shares = {name: profile.shares for name, profile in profiles.items()}
         print(f"where the time goes:\n{where_the_time_goes(shares)}", flush=True)
+
+
+# --step-costs: what each change of the step buys, on the defaults (Adam, R1 0.1, the EMA of G) in the precision
+# trainer.precision=auto picks on this machine. name: (overrides, Adam fused).
+STEP_COST_ROWS = {
+    "for-loop Adam (before)": ([], False),
+    "fused Adam (the default)": ([], True),
+    "fused Adam + lazy R1, every 4": (["stabilisers.r1_every=4"], True),
+    "fused Adam, no R1 (the floor)": (["stabilisers.r1_gamma=null"], True),
+}
+
+
+@contextlib.contextmanager
+def adam_fused(fused: bool):
+    """advnets.optim.Adam as it is (fused) or as it was before (torch's for-loop implementation on a CPU)."""
+    from advnets import optim
+
+    original = optim.Adam.__init__
+
+    def for_loop(self, params, lr, betas):
+        torch.optim.Adam.__init__(self, params, lr=lr, betas=betas, foreach=False)
+        self.compiled_update = None
+
+    optim.Adam.__init__ = original if fused else for_loop
+    try:
+        yield
+    finally:
+        optim.Adam.__init__ = original
+
+
+def step_cost_rows(args, data_dir: str) -> None:
+    """STEP_COST_ROWS interleaved `--repeats` times; medians and ratios to the first row."""
+    from advnets.precision import resolve_precision
+
+    OPTIONS["extra"] = []
+    precision = resolve_precision("auto", "cpu" if args.device == "cpu" else "gpu", "maxout")
+    speeds: dict[str, list[tuple[float, float]]] = {name: [] for name in STEP_COST_ROWS}
+    for _ in range(args.repeats):
+        for name, (extra, fused) in STEP_COST_ROWS.items():
+            with adam_fused(fused):
+                speeds[name].append(_timed_after_warmup(args, data_dir, [f"trainer.precision={precision}", *extra]))
+            print(
+                f"run: {name:<32} {speeds[name][-1][0]:7.0f} samples/s, {speeds[name][-1][1]:7.0f} per CPU s",
+                flush=True,
+            )
+    med = {name: tuple(statistics.median(x[i] for x in v) for i in (0, 1)) for name, v in speeds.items()}
+    wall0, cpu0 = next(iter(med.values()))
+    print(
+        f"the defaults (Algorithm 1, k=1, Adam, R1 gamma 0.1, EMA of G) in {precision}, batch {args.batch}, "
+        f"{args.iters} batches timed after {args.warmup}, median of {args.repeats}:"
+    )
+    for name, (wall, cpu) in med.items():
+        print(
+            f"step-costs: {name:<32} {wall:7.0f} samples/s  {wall / args.batch:6.1f} D+G updates/s  "
+            f"x{wall / wall0:4.2f} | {cpu:7.0f} per CPU s  x{cpu / cpu0:4.2f}",
+            flush=True,
+        )
 
 
 def _timed_after_warmup(args, data_dir: str, extra: list[str]) -> tuple[float, float]:

@@ -1,5 +1,6 @@
 """The benchmarks run in their tiny mode and print the lines the issues quote."""
 
+import json
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ def load_benchmark(name: str):
 
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -111,3 +113,36 @@ def test_where_the_time_goes_gives_the_budget_of_twice_fp32():
     )
     # One row (a CPU where fp32 is the fastest): its column alone, no budget.
     assert len(bench.where_the_time_goes({"fp32": fp32}).splitlines()) == 1 + len(kinds)
+
+
+@pytest.mark.slow
+def test_time_to_quality_times_each_run_to_its_first_checkpoint_at_the_target(data_dir, tmp_path, capsys):
+    """Two seeds of a 1-epoch setting (3 batches), each scored at its checkpoint: with a target every G meets, each run
+    reaches it at epoch 1 in the training seconds its CSV logged there; with one no G meets, none does."""
+    bench = load_benchmark("time_to_quality")
+    small = (
+        f"paths.data_dir={data_dir} trainer.max_epochs=1 trainer.limit_train_batches=3 parzen.val_samples=100 "
+        "dataset.parzen_val_select=100 dataset.parzen_val_points=100 quality.val_samples=100"
+    )
+    common = ["--setting", f"tiny={small}", "--seeds", "1", "2", "--every", "1", "--root", str(tmp_path)]
+    common += ["--eval", "n_samples=200", "--out", str(tmp_path / "scores.json")]
+    bench.main([*common, "--parzen=-1e9", "--fid", "1e9", "--digits", "0"])
+    out = capsys.readouterr().out
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    seconds = []
+    for seed, run in zip((1, 2), scores["runs"]):
+        (row,) = bench.epoch_rows(tmp_path / "tiny" / f"seed{seed}").values()
+        assert int(float(row["train/g_updates"])) == 3
+        seconds.append(float(row["train/elapsed_s"]))
+        assert f"tiny seed {seed}: reached at epoch 1 (raw): {seconds[-1]:.0f} s, 3 G updates | end (epoch 1, " in out
+        assert set(run["checkpoints"][0]["scores"]) == {"raw", "ema"} and run["checkpoints"][0]["epoch"] == 1
+    # Collapsed: the raw G covers fewer than 10 digits at the end (3 updates: it does) or the flag fired.
+    collapsed = sum(r["checkpoints"][-1]["scores"]["raw"]["digits"] < 10 for r in scores["runs"])
+    mean, se = (seconds[0] + seconds[1]) / 2, abs(seconds[0] - seconds[1]) / 2
+    assert f"tiny: 2/2 reached, time to target {mean:.0f} +- {se:.0f} s, 3 +- 0 G updates; " in out, out
+    assert out.rstrip().endswith(f"; {collapsed} collapsed")
+    # Scored once: the same command again trains and scores nothing, and a target no G meets is not reached.
+    bench.main([*common, "--parzen", "1e9"])
+    out = capsys.readouterr().out
+    assert "tiny seed 1: not reached" in out and "tiny: 0/2 reached, time to target - s, - G updates" in out
+    assert [r["job_seconds"] for r in json.loads((tmp_path / "scores.json").read_text())["runs"]] == [0.0, 0.0]

@@ -143,21 +143,42 @@ class PoisonAfterStep(pl.Callback):
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
-def test_divergence_guard_stops_on_a_non_finite_parameter(tmp_path, value):
-    """A weight that turns non-finite after a step whose losses were finite stops training at that batch with
-    'non-finite parameters' and the counters of that moment."""
+@pytest.mark.parametrize(
+    "at, found",
+    [
+        # Poisoned after batch 2 of 4: D's loss of batch 3 is the first non-finite value, read at the epoch's end.
+        (1, "non-finite d_loss at D update 3, G update 3 (found at end of epoch 1)"),
+        # After the last batch, with every loss finite: the parameters, checked at the epoch's end.
+        (3, "non-finite parameters at D update 4, G update 4 (found at end of epoch 1)"),
+    ],
+)
+def test_divergence_guard_names_the_first_non_finite_value(tmp_path, value, at, found):
+    """A weight of D turned non-finite after a step whose losses were finite stops training at the epoch's end, before
+    its checkpoint, naming the first non-finite loss and its updates (read then, not at every step), or the
+    parameters when every loss was finite."""
     from advnets.guards import DivergenceGuard, TrainingDiverged
 
     module = GAN(OmegaConf.to_container(compose(*TINY, "schedule=simultaneous"), resolve=True))
     x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(5))
-    trainer = bare_trainer(tmp_path, callbacks=[PoisonAfterStep(1, value), DivergenceGuard()])
+    trainer = bare_trainer(tmp_path, callbacks=[PoisonAfterStep(at, value), DivergenceGuard()])
     with pytest.raises(TrainingDiverged) as e:
         trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(40, 10, seed=0)))
-    assert all(torch.isfinite(v).all() for k, v in module.step_record.items() if k.endswith("_loss"))
     assert str(e.value) == (
-        "training diverged: non-finite parameters at D update 2, G update 2 (epoch 1, batch 2); "
-        "last good checkpoint: none saved yet; try a lower optimizer.lr"
+        f"training diverged: {found}; last good checkpoint: none saved yet; try a lower optimizer.lr"
     )
+
+
+def test_divergence_guard_reads_its_record_every_log_interval(tmp_path):
+    """With trainer.log_every_n_steps=2, a loss made non-finite in batch 3 of 8 stops training at batch 4."""
+    from advnets.guards import DivergenceGuard, TrainingDiverged
+
+    module = GAN(OmegaConf.to_container(compose(*TINY, "schedule=simultaneous"), resolve=True))
+    x = torch.rand(80, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    trainer = bare_trainer(tmp_path, log_every_n_steps=2, callbacks=[PoisonAfterStep(1, math.nan), DivergenceGuard()])
+    with pytest.raises(TrainingDiverged) as e:
+        trainer.fit(module, train_dataloaders=TensorBatches(x, EpochBatchSampler(80, 10, seed=0)))
+    assert "non-finite d_loss at D update 3, G update 3 (found at epoch 1, batch 4)" in str(e.value)
+    assert module.d_updates == 4
 
 
 # --- SIGTERM during validation --------------------------------------------------------------------------------------

@@ -49,6 +49,18 @@ def test_r1_schedule_falls_linearly_from_its_start_to_gamma_and_stays_there():
         assert float(penalty) == pytest.approx(r1.gamma_at(n) / 2 * 25.0, rel=1e-6)
 
 
+def test_lazy_r1_is_taken_on_every_nth_d_update_at_n_times_gamma():
+    """StyleGAN2's lazy R1: D updates 1, 1 + n, 1 + 2n, ... (counted from 0 before the update) take the penalty,
+    n gamma / 2 ||w||^2 on a linear D, so its mean over updates is the every-update penalty's."""
+    w = torch.tensor([[3.0, -4.0]])
+    d = lambda x: x @ w.T  # noqa: E731
+    lazy = R1Penalty(0.1, every=4)
+    assert [d_updates for d_updates in range(10) if lazy.due(d_updates)] == [0, 4, 8]
+    assert all(R1Penalty(0.1).due(n) for n in range(5))
+    _, penalty = lazy.logits_and_penalty(d, torch.randn(5, 2))
+    assert float(penalty) == pytest.approx(4 * 0.1 / 2 * 25.0, rel=1e-6)
+
+
 def test_r1_on_a_quadratic_discriminator_matches_the_per_sample_gradient():
     # D(x) = sum(a * x^2): grad_x = 2 a x, so the penalty is gamma/2 * mean_i sum_j (2 a_j x_ij)^2.
     a = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)

@@ -189,6 +189,7 @@ class Settings:
     r1_gamma: float = 0.1
     r1_start: float | None = None
     r1_anneal: int = 5000
+    r1_every: int = 1
     noise_std: float = 0.0
     noise_anneal: int = 50000
     d_lr: float = 0.1
@@ -217,22 +218,22 @@ def flat(weights: dict) -> torch.Tensor:
     return torch.cat([p.flatten() for p in weights.values()]).double()
 
 
-def d_objective(d, real_in, fake_in, s: Settings, g_updates: int):
+def d_objective(d, real_in, fake_in, s: Settings, g_updates: int, d_updates: int = 0):
     """D's loss written out: -d_scale [a log D(x) + (1 - a) log(1 - D(x)) + log(1 - D(G(z)))] + R1 (its gamma
-    annealed from r1_start over r1_anneal G updates where r1_start is set); and (D(x), D(G(z)), the R1 term) as
-    the module logs them."""
+    annealed from r1_start over r1_anneal G updates where r1_start is set; lazy: on D updates 1, 1 + r1_every, ...
+    only, times r1_every); and (D(x), D(G(z)), the R1 term or None where it is not taken) as the module logs them."""
     x = real_in.double().requires_grad_()
     p_real, p_fake = torch.sigmoid(d(x)), torch.sigmoid(d(fake_in.double()))
     a = s.real_label
     loss = -s.d_scale * ((a * torch.log(p_real) + (1 - a) * torch.log1p(-p_real)).mean() + torch.log1p(-p_fake).mean())
-    r1 = torch.zeros((), dtype=torch.float64)
-    if s.r1_gamma:
+    r1 = None
+    if s.r1_gamma and d_updates % s.r1_every == 0:
         logits = torch.logit(p_real)
         (gx,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
         t = min(1.0, g_updates / s.r1_anneal)
         gamma = s.r1_gamma if s.r1_start is None else s.r1_start * (1 - t) + s.r1_gamma * t
-        r1 = gamma / 2 * gx.pow(2).flatten(1).sum(1).mean()
-    return loss + r1, p_real.mean(), p_fake.mean(), r1
+        r1 = s.r1_every * gamma / 2 * gx.pow(2).flatten(1).sum(1).mean()
+    return loss + (0.0 if r1 is None else r1), p_real.mean(), p_fake.mean(), r1
 
 
 def g_objective(p_fake, s: Settings):
@@ -308,6 +309,7 @@ def replay(module, events, rows, s: Settings) -> None:
     state = {"D": {}, "G": {}}
     updates = {"D": 0, "G": 0}
     latest_g: dict = {}
+    latest_r1: dict = {}  # the R1 term of the latest D update that took it (lazy R1: not every one)
     batches = [i for i, (name, _) in enumerate(events) if name == "batch"]
     for b, start in enumerate(batches):
         end = next(i for i in range(start, len(events)) if events[i][0] == "end")
@@ -341,7 +343,7 @@ def replay(module, events, rows, s: Settings) -> None:
                     f"expected {std:.4f}"
                 )
         d_ref = float64_net(module.discriminator, d_pre["D"])
-        loss, d_real, d_fake, r1 = d_objective(d_ref, real_in, fake_in, s, updates["G"])
+        loss, d_real, d_fake, r1 = d_objective(d_ref, real_in, fake_in, s, updates["G"], updates["D"])
         grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(d_ref.parameters()))])
         change = update(state["D"], grad, s.d_lr, updates["D"], mu, s)
         check_step(f"batch {b + 1}: D's step", d_pre["D"], d_post["D"], change)
@@ -350,8 +352,9 @@ def replay(module, events, rows, s: Settings) -> None:
         check(f"batch {b + 1}: D after its update", flat(d_after), flat(renormed(d_post["D"], s)), 1e-6)
         updates["D"] += 1
         expected_row = {"train/d_loss": loss, "train/d_real": d_real, "train/d_fake": d_fake}
-        if s.r1_gamma:
-            expected_row["train/r1_penalty"] = r1
+        if r1 is not None:
+            latest_r1 = {"train/r1_penalty": r1}
+        expected_row.update(latest_r1)
         if g_step:
             g_pre, g_post = (dict(span)[n] for n in ("G_pre", "G_post"))
             if s.schedule == "alternating":  # G's own fresh noise, against the updated D
@@ -421,6 +424,8 @@ CASES = {
         {"batches": 3},
         Settings(r1_gamma=0.5, r1_start=3.0, r1_anneal=2),
     ),
+    # Lazy R1: D updates 1 and 3 of 4 take it, at twice the strength; 2 and 4 show the latest one taken.
+    "r1_every": (["stabilisers.r1_every=2"], {"batches": 4}, Settings(r1_every=2)),
     "instance_noise": (
         ["stabilisers.instance_noise_std=0.3", "stabilisers.instance_noise_anneal_updates=2"],
         {"batches": 3},
@@ -498,10 +503,11 @@ def test_the_settings_replayed_here_are_the_composed_defaults():
     cfg = compose(*SMALL)
     s = Settings()
     assert (s.real_label, s.d_scale, s.generator_loss) == (cfg.loss.real_label, cfg.loss.d_scale, cfg.loss.generator)
-    assert (s.r1_gamma, s.r1_start, s.r1_anneal, s.noise_anneal, s.k, s.schedule) == (
+    assert (s.r1_gamma, s.r1_start, s.r1_anneal, s.r1_every, s.noise_anneal, s.k, s.schedule) == (
         cfg.stabilisers.r1_gamma,
         cfg.stabilisers.r1_gamma_start,
         cfg.stabilisers.r1_anneal_updates,
+        cfg.stabilisers.r1_every,
         cfg.stabilisers.instance_noise_anneal_updates,
         cfg.k,
         cfg.schedule,
@@ -585,6 +591,7 @@ RESUME_CHANGES = {
     "stabilisers": [
         "stabilisers.r1_gamma=1.0",
         "stabilisers.r1_gamma=null",
+        "stabilisers.r1_every=4",
         "stabilisers.instance_noise_std=0.1",
         "stabilisers.instance_noise_anneal_updates=10",
     ],

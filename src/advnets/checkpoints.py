@@ -35,6 +35,10 @@ EXPERIMENT_KEYS = (
 )
 
 
+# Settings added after checkpoints were written without them, at the value that means what their absence meant.
+ADDED_SETTINGS = {"r1_every": 1}
+
+
 def experiment(config: dict | DictConfig) -> dict[str, Any]:
     """The EXPERIMENT_KEYS settings of a config (a run's, or the plain dict saved in a checkpoint)."""
     found = {}
@@ -47,7 +51,8 @@ def experiment(config: dict | DictConfig) -> dict[str, Any]:
             for part in key.split("."):
                 value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k != "compile"}  # torch.compile keeps the weights' names
+            # torch.compile keeps the weights' names; an added setting at its old meaning is the same experiment
+            value = {k: v for k, v in value.items() if k != "compile" and ADDED_SETTINGS.get(k, object()) != v}
         found[key] = value
     return found
 

@@ -135,6 +135,9 @@ def check_additions(cfg: DictConfig) -> None:
             raise UserError(f"stabilisers.r1_gamma_start must be > 0 (null: no schedule), got {start}")
         if int(stabilisers.r1_anneal_updates) < 1:
             raise UserError(f"stabilisers.r1_anneal_updates must be >= 1, got {stabilisers.r1_anneal_updates}")
+    every = stabilisers.get("r1_every")
+    if every is not None and int(every) < 1:
+        raise UserError(f"stabilisers.r1_every must be >= 1 (1: R1 at every D update), got {stabilisers.r1_every}")
     if stabilisers.instance_noise_std is not None:
         if float(stabilisers.instance_noise_std) <= 0:
             raise UserError(

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from advnets.errors import Preempted, TrainingDiverged
-from advnets.lightning_internals import write_step_metrics_now
+from advnets.lightning_internals import logs_this_step, write_step_metrics_now
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -21,25 +21,64 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
 
 
 class DivergenceGuard(pl.Callback):
-    """After every batch: stop if a loss (of the module's step_record) or a parameter is NaN or infinite (before
-    anything is saved)."""
+    """Stops training when a loss (of the module's step_record) or a parameter is NaN or infinite, before any
+    checkpoint holds it.
+
+    Every step's losses are checked where they are, without reading a value back (a read stalls a GPU at every
+    step): the first non-finite one is recorded on the device with the D and G updates it came at. The record is read
+    at every step that logs (trainer.log_every_n_steps), at each epoch's end and before every checkpoint save; the parameters
+    are checked at the last two (between them, a non-finite weight makes the next step's losses non-finite)."""
+
+    LOSSES = ("d_loss", "g_loss")
+
+    def __init__(self) -> None:
+        self._first_bad: torch.Tensor | None = None  # [index in LOSSES, D update, G update]; index -1: none yet
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        losses = {k: v for k, v in pl_module.step_record.items() if k.endswith("_loss")}
-        bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
-        if not bad:
-            # One sync: a sum is non-finite when any element is (or the weights have blown up anyway).
+        record = pl_module.step_record
+        if not any(k in record for k in self.LOSSES):
+            return
+        device = next(record[k] for k in self.LOSSES if k in record).device
+        if self._first_bad is None or self._first_bad.device != device:
+            self._first_bad = torch.full((3,), -1, dtype=torch.long, device=device)
+        none = torch.zeros((), dtype=torch.bool, device=device)
+        bad = torch.stack([~torch.isfinite(record[k]).all() if k in record else none for k in self.LOSSES])
+        # Made on the device (fills, not copies from the host): the index of the first bad loss and the counters.
+        here = torch.stack(
+            [bad.long().argmax(), *(torch.full_like(self._first_bad[0], n) for n in self._counters(pl_module))]
+        )
+        self._first_bad = torch.where(bad.any() & (self._first_bad[0] < 0), here, self._first_bad)
+        if logs_this_step(pl_module):  # a step that reads values anyway, to log them
+            self._check(trainer, pl_module, f"epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer, pl_module, f"end of epoch {trainer.current_epoch + 1}", parameters=True)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.training:
+            self._check(trainer, pl_module, "before a checkpoint save", parameters=True)
+
+    @staticmethod
+    def _counters(pl_module) -> tuple[int, int]:
+        return pl_module.d_updates, pl_module.g_updates
+
+    def _check(self, trainer, pl_module, when: str, parameters: bool = False) -> None:
+        what, (d, g) = None, self._counters(pl_module)
+        if self._first_bad is not None and int(self._first_bad[0]) >= 0:  # the one read
+            index, d, g = self._first_bad.tolist()
+            what = self.LOSSES[index]
+        if what is None and parameters:
+            # One read: a sum is non-finite when any element is (or the weights have blown up anyway).
             sums = torch.stack([p.detach().float().sum() for p in pl_module.parameters()])
-            if not torch.isfinite(sums).all():
-                bad = ["parameters"]
-        if bad:
-            ckpt = last_good_checkpoint(trainer)
-            where = f"{ckpt} (unchanged)" if ckpt else "none saved yet"
-            raise TrainingDiverged(
-                f"training diverged: non-finite {', '.join(bad)} at D update {pl_module.d_updates}, G update "
-                f"{pl_module.g_updates} (epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}); last good "
-                f"checkpoint: {where}; try a lower optimizer.lr"
-            )
+            what = None if torch.isfinite(sums).all() else "parameters"
+        if what is None:
+            return
+        ckpt = last_good_checkpoint(trainer)
+        where = f"{ckpt} (unchanged)" if ckpt else "none saved yet"
+        raise TrainingDiverged(
+            f"training diverged: non-finite {what} at D update {d}, G update {g} (found at {when}); last good "
+            f"checkpoint: {where}; try a lower optimizer.lr"
+        )
 
 
 def parse_max_time(max_time) -> float | None:
@@ -133,12 +172,16 @@ class CollapseMonitor(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         last = pl_module.step_record
         if "d_real" in last:
-            self._sums += torch.tensor([float(last["d_real"]), float(last["d_fake"]), 1.0], dtype=torch.float64)
+            # Summed where D's outputs are (a read of their values would stall a GPU at every step); read at epoch end.
+            d_real = last["d_real"].double()
+            self._sums = self._sums.to(d_real.device)
+            self._sums += torch.stack([d_real, last["d_fake"].double(), torch.ones_like(d_real)])
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self._sums[2] == 0:
+        d_real, d_fake, count = self._sums.tolist()
+        if count == 0:
             return
-        d_real, d_fake = (self._sums[:2] / self._sums[2]).tolist()
+        d_real, d_fake = d_real / count, d_fake / count
         won = trainer.strategy.reduce_boolean_decision(
             d_real > self.d_real_above and d_fake < self.d_fake_below, all=False
         )

@@ -208,7 +208,7 @@ class GAN(pl.LightningModule):
     def _discriminator_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """D's logits on real and generated data and its loss, with the stabilisers that are on."""
         real, fake = self._d_input(real), self._d_input(fake)
-        if self.r1 is not None:
+        if self.r1 is not None and self.r1.due(self.d_updates):
             # D called without torch.compile (model.compile): R1 differentiates D's input gradient again, which
             # a compiled forward (AOTAutograd) cannot. `_call_impl` is nn.Module's call as it is before
             # nn.Module.compile, forward hooks included.

@@ -20,11 +20,19 @@ class R1Penalty:
     """gamma/2 * mean over the batch of ||grad_x D(x)||^2, differentiable w.r.t. D's weights.
 
     With `start`, gamma is annealed: start * (1 - t) + gamma * t, t = min(1, G updates / anneal_updates). A
-    strong penalty trains fastest in the first epochs and a weak one best later (docs/stability.md)."""
+    strong penalty trains fastest in the first epochs and a weak one best later (docs/stability.md).
 
-    # gamma, start > 0 and anneal_updates >= 1: checked with the run config (advnets.config)
-    def __init__(self, gamma: float, start: float | None = None, anneal_updates: int = 1):
-        self.gamma, self.start, self.anneal_updates = float(gamma), start, int(anneal_updates)
+    With `every` > 1 it is lazy (StyleGAN2's R1 interval): taken on every `every`-th D update only, as
+    `every` x gamma, so that its expected gradient is the same at about 1/every of its cost (its double backward
+    is about a sixth of an Algorithm 1 iteration with the paper's nets)."""
+
+    # gamma, start > 0 and anneal_updates, every >= 1: checked with the run config (advnets.config)
+    def __init__(self, gamma: float, start: float | None = None, anneal_updates: int = 1, every: int = 1):
+        self.gamma, self.start, self.anneal_updates, self.every = float(gamma), start, int(anneal_updates), int(every)
+
+    def due(self, d_updates: int) -> bool:
+        """Whether the D update after `d_updates` of them takes the penalty: the 1st, the (every + 1)-th, ..."""
+        return d_updates % self.every == 0
 
     def gamma_at(self, g_updates: int) -> float:
         if self.start is None:
@@ -38,7 +46,7 @@ class R1Penalty:
         real = real.detach().requires_grad_()
         logits = discriminator(real)
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-        return logits, 0.5 * self.gamma_at(g_updates) * grad.pow(2).flatten(1).sum(1).mean()
+        return logits, 0.5 * self.every * self.gamma_at(g_updates) * grad.pow(2).flatten(1).sum(1).mean()
 
 
 class InstanceNoise:
@@ -62,7 +70,12 @@ def build_stabilisers(cfg: Mapping) -> tuple[R1Penalty | None, InstanceNoise | N
     gamma, std = cfg.get("r1_gamma"), cfg.get("instance_noise_std")
     start = cfg.get("r1_gamma_start")
     return (
-        R1Penalty(float(gamma), None if start is None else float(start), int(cfg.get("r1_anneal_updates") or 1))
+        R1Penalty(
+            float(gamma),
+            None if start is None else float(start),
+            int(cfg.get("r1_anneal_updates") or 1),
+            int(cfg.get("r1_every") or 1),
+        )
         if gamma is not None
         else None,
         InstanceNoise(float(std), int(cfg["instance_noise_anneal_updates"])) if std is not None else None,
