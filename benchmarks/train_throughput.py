@@ -201,6 +201,7 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
     from advnets.data import build_datamodule
     from advnets.loggers import build_loggers, finish_wandb
     from advnets.module import GAN
+    from advnets.progress import progress_callbacks
 
     iters = min(iters, 50_000 // batch)  # one epoch at most (MNIST's 50,000 training rows), full batches only
     out = tempfile.mkdtemp(prefix="advnets-bench-")
@@ -233,7 +234,12 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
         trainer = pl.Trainer(
             **trainer_args,
             logger=build_loggers(cfg) or False,
-            callbacks=[ModelCheckpoint(**cfg.callbacks.checkpoint), timer.callback, *callbacks],
+            callbacks=[
+                ModelCheckpoint(**cfg.callbacks.checkpoint),
+                timer.callback,
+                *callbacks,
+                *progress_callbacks(True, cfg.callbacks.progress.every_s),  # off a terminal, as src/train.py's
+            ],
         )
         trainer.fit(module, datamodule=datamodule)
     finally:
@@ -371,6 +377,9 @@ def main() -> None:
     parser.add_argument("--defaults", action="store_true", help="(a) with the project's defaults (R1, EMA of G)")
     parser.add_argument("--logger", default=None, help="(a)'s logger option, e.g. csv (default: W&B offline + CSV)")
     args = parser.parse_args()
+    from advnets.lightning_internals import keep_noise_out_of_logs
+
+    keep_noise_out_of_logs()  # as src/train.py: Lightning's litlogger tip and known warnings
     OPTIONS["extra"] = [] if args.defaults else LIKE_PLAIN
     OPTIONS["logger"] = [f"logger={args.logger}"] if args.logger else []
     if args.tiny:

@@ -18,8 +18,9 @@ which log val/jsd) get the theory table instead: per setting, E|D - D*| over tra
 and the G updates and seconds to reach JSD < `--jsd-below` (docs/theory.md).
 
 The plot draws, per setting, the mean val/parzen_ll (left) and val/fid (right) over seeds against
-epochs with a band of +- one s.e. (dashed: the EMA G); for 1-D runs, the JSD, E|D - D*|, G's gradient
-norm and D(G(z)) against G updates. FOLDER defaults to DIR when one DIR is given,
+epochs with a band of +- one s.e. (dashed: the EMA G), or against G updates (`--x g_updates`; the default where
+the runs' k differ, which then meet at equal G updates, as on the W&B dashboard); for 1-D runs, the JSD,
+E|D - D*|, G's gradient norm and D(G(z)) against G updates. FOLDER defaults to DIR when one DIR is given,
 else the current folder.
 """
 
@@ -47,6 +48,7 @@ class Run:
     final: dict[str, float]  # the last value of every logged metric
     val: dict[int, dict[str, float]]  # 1-based epoch with a validation -> every value logged by that epoch's end
     steps: list[dict[str, float]]  # the rows logged during training (on_step), in order
+    k: int | None  # D steps per G step (the config's k); None where the run's config is not in its folder
     # 1-based epoch -> generator (raw, ema) -> the full protocol of that epoch's checkpoint (read_evals)
     evals: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
 
@@ -96,7 +98,13 @@ def read_run(folder: Path) -> Run:
         if "epoch" in values:  # the epoch's rows merged: its validation, and train/* as they were at its end
             epochs.setdefault(int(values["epoch"]) + 1, {}).update(values)
     val = {e: v for e, v in epochs.items() if any(k.startswith("val/") for k in v)}
-    return Run(folder, overrides(folder), final, val, steps, read_evals(folder))
+    return Run(folder, overrides(folder), final, val, steps, config_k(folder), read_evals(folder))
+
+
+def config_k(folder: Path) -> int | None:
+    """The run's k, from the config Hydra wrote for it (.hydra/config.yaml); None without one."""
+    path = folder / ".hydra" / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("k") if path.is_file() else None
 
 
 PROTOCOL_KEYS = ("parzen_ll", "parzen_se", "fid", "kid", "classes_covered")
@@ -449,10 +457,30 @@ def _curve(ax, points: list[dict[float, float]], color: str, style: str, label: 
         ax.plot(xs[start:], mean[start:], style, color=color, linewidth=0.7, alpha=0.6)
 
 
-def plot(runs: list[Run], path: Path, first_updates: int | None = None) -> None:
-    """Image runs: val/parzen_ll (and val/fid) against epochs. 1-D runs (experiment=figure1): val/jsd and
-    val/d_distance, and per logged step G's gradient norm and D(G(z)), against G updates (the first
-    `first_updates` for the step panels: where the minimax loss saturates)."""
+# The x axes of the plot's validation curves (--x), with their labels.
+X_AXES = {"epoch": "epoch", "g_updates": "G updates"}
+
+
+def x_value(x: str, epoch: int, values: dict[str, float]) -> float | None:
+    """Where a validation (of `epoch`, logging `values`) lies on the x axis `x`: its epoch, or its val/g_updates
+    (None where it logged none)."""
+    return epoch if x == "epoch" else values.get("val/g_updates")
+
+
+def x_axis(runs: list[Run], asked: str | None = None) -> str:
+    """The x axis of the plot's validation curves: `asked` (--x), else G updates for 1-D runs and where the runs' k
+    differ (a k sweep: its runs meet at equal G updates, as on the W&B dashboard, advnets.loggers.DashboardAxes),
+    else epochs."""
+    if asked:
+        return asked
+    differ = len({r.k for r in runs if r.k is not None}) > 1
+    return "g_updates" if is_theory(runs) or differ else "epoch"
+
+
+def plot(runs: list[Run], path: Path, x: str, first_updates: int | None = None):
+    """Image runs: val/parzen_ll (and val/fid); 1-D runs (experiment=figure1): val/jsd and val/d_distance; against
+    `x` (X_AXES). 1-D runs also per logged step G's gradient norm and D(G(z)), against G updates (the first
+    `first_updates`: where the minimax loss saturates). Returns the figure (drawn and closed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -492,11 +520,11 @@ def plot(runs: list[Run], path: Path, first_updates: int | None = None) -> None:
                 continue
             for key, style in ((metric, "-"), (metric.replace("val/", "val/ema_"), "--")):
                 points = [
-                    {(v.get("val/g_updates", e) if theory else e): v[key] for e, v in r.val.items() if key in v}
+                    {at: v[key] for e, v in r.val.items() if key in v and (at := x_value(x, e, v)) is not None}
                     for r in group
                 ]
                 _curve(ax, points, f"C{i % 10}", style, name + (" EMA" if "ema" in key else ""))
-        ax.set_xlabel("G updates" if theory else "epoch")
+        ax.set_xlabel("G updates" if metric.startswith("train/") else X_AXES[x])
         ax.set_ylabel(f"{ylabel}, mean +- s.e. over seeds")
         if metric in ("val/fid", "val/jsd", "val/d_distance", "train/g_grad_norm"):
             ax.set_yscale("log")
@@ -514,6 +542,7 @@ def plot(runs: list[Run], path: Path, first_updates: int | None = None) -> None:
         fig.tight_layout(rect=(0, 0.2 * rows / fig.get_figheight() + 0.02, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -529,6 +558,11 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="also compare them at equal training time (the last "
         "validation within this many seconds of train/elapsed_s)",
+    )
+    parser.add_argument(
+        "--x",
+        choices=list(X_AXES),
+        help="the plot's x axis (default: G updates where the runs' k differ, and for 1-D runs; else epochs)",
     )
     parser.add_argument(
         "--first-updates",
@@ -556,11 +590,12 @@ def main(argv: list[str] | None = None) -> None:
             + table(runs)
         )
     (out / "report.md").write_text(text)
-    plot(runs, out / "report.png", args.first_updates)
+    x = x_axis(runs, args.x)
+    plot(runs, out / "report.png", x, args.first_updates)
     if any(r.evals for r in runs):
         plot_protocol(runs, out / "report_protocol.png")
     print(text)
-    print(f"wrote {out / 'report.md'} and {out / 'report.png'}", file=sys.stderr)
+    print(f"wrote {out / 'report.md'} and {out / 'report.png'} (curves against {X_AXES[x]})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from pathlib import Path
 
 import hydra
@@ -48,7 +47,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from advnets.loggers import DashboardAxes, build_loggers, finish_wandb, name_wandb_run
     from advnets.module import GAN
     from advnets.precision import precision_line
-    from advnets.progress import ProgressLines, test_table
+    from advnets.progress import progress_callbacks, test_table
 
     trainer_args = trainer_arguments(cfg)
     logging.getLogger(__name__).log(
@@ -65,12 +64,7 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     if ckpt_path:  # resumed in a run folder that has checkpoints already: that is expected
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     preemption = PreemptionHandler(parse_max_time(cfg.trainer.max_time))
-    # Off a terminal (SLURM, nohup, CI), a line at a bounded rate instead of a bar redrawn for every batch.
-    progress = (
-        [ProgressLines(cfg.callbacks.progress.every_s)]
-        if cfg.trainer.enable_progress_bar and not sys.stderr.isatty()
-        else []
-    )
+    progress = progress_callbacks(cfg.trainer.enable_progress_bar, cfg.callbacks.progress.every_s)
     preemption.install()  # from here on SIGTERM/SIGINT stop at the next batch end with a checkpoint
     try:
         loggers = build_loggers(cfg)

@@ -466,7 +466,7 @@ def test_auto_precision_is_the_fast_path_only_for_the_fully_connected_nets_on_a_
         assert precision.resolve_precision("auto", "cpu", "maxout") == fast
         assert precision.resolve_precision("auto", "cpu", "conv") == "32-true"
         assert precision.resolve_precision("auto", "gpu", "maxout") == "32-true"
-        for asked in ("32-true", "bf16-mixed", "16-mixed", None, 32):
+        for asked in ("32-true", "bf16-mixed", "64-true", None):
             assert precision.resolve_precision(asked, "cpu", "maxout") == asked  # Lightning's values as they are
     monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "AMX-BF16")
     assert precision.precision_line("bf16-mixed", "cpu", asked="auto") == (
@@ -483,6 +483,40 @@ def test_auto_precision_is_the_fast_path_only_for_the_fully_connected_nets_on_a_
         logging.INFO,
         "precision: 32-true (fp32), chosen by trainer.precision=auto (no bf16 matrix units here)",
     )
+
+
+@pytest.mark.parametrize("asked", ["16-mixed", "16", 16, "bf16", "32", 32, "64-true", "16-true", "bf16-mixed"])
+def test_a_precision_resolves_to_the_one_lightnings_trainer_runs_and_the_line_names_it(asked, monkeypatch):
+    """Lightning runs fp16 AMP on a CPU as bf16-mixed and its aliases (16, bf16, 32) under their full names: the
+    Trainer gets, and the run's first line names, that precision, not the value asked for (issue 43: the line said
+    `16-mixed (fp32)` while Lightning trained in bf16-mixed)."""
+    import logging
+    import warnings
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: "AVX512-BF16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's for the discouraged aliases
+        on_cpu = precision.resolve_precision(asked, "cpu", "maxout")
+        runs = pl.Trainer(accelerator="cpu", precision=asked, logger=False, enable_checkpointing=False).precision
+    assert on_cpu == runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning converts nothing more: no warning about what it runs instead
+        assert (
+            pl.Trainer(accelerator="cpu", precision=on_cpu, logger=False, enable_checkpointing=False).precision == runs
+        )
+    level, line = precision.precision_line(on_cpu, "cpu", asked=asked)
+    assert level == logging.INFO and line.startswith(f"precision: {runs}")
+    assert ("(fp32)" in line) == (runs == "32-true")
+    if str(asked) != runs:
+        assert f", as Lightning runs trainer.precision={asked}" in line
+    if str(asked).startswith("16") and runs == "bf16-mixed":
+        assert line == (
+            "precision: bf16-mixed, the fast path (this CPU has AVX512-BF16), as Lightning runs "
+            f"trainer.precision={asked} on a CPU (it has no fp16 AMP there)"
+        )
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: None)  # where bf16 is emulated: the warning
+    if runs == "bf16-mixed":
+        assert precision.precision_line(on_cpu, "cpu", asked=asked)[0] == logging.WARNING
 
 
 def test_trainer_arguments_resolve_auto_and_leave_out_max_time(monkeypatch):

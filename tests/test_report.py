@@ -232,6 +232,49 @@ def test_report_compares_at_equal_g_updates_and_equal_wall_time(tmp_path):
     assert rows["`k=1`"][6:8] == ["4.5 +- 1.5", "5.5 +- 1.5"] and rows["`k=5`"][6:8] == ["-", "-"]
 
 
+def test_the_plot_draws_a_k_sweep_at_equal_g_updates(tmp_path):
+    """Runs of different k (their configs' k) are drawn against G updates, unless --x says otherwise, where they meet:
+    k=5 reaches k=1's first validation (100 G updates) at its fifth epoch. Runs of one k are drawn against epochs."""
+    import report
+
+    sweep = tmp_path / "sweep"
+    # k=1: 100 G updates an epoch, 3 epochs; k=5: 20 an epoch, 5 epochs.
+    for k, per_epoch, curves in (
+        (1, 100, [[1, 2, 3], [3, 4, 5]]),
+        (5, 20, [[10, 20, 30, 40, 50], [30, 40, 50, 60, 70]]),
+    ):
+        for seed, curve in enumerate(curves):
+            rows = [
+                {"epoch": e, "step": e + 1, "val/parzen_ll": ll, "val/g_updates": per_epoch * (e + 1)}
+                for e, ll in enumerate(curve)
+            ]
+            folder = sweep / f"{k}{seed}_k={k},seed={seed}"
+            write_rows(folder, [f"k={k}", f"seed={seed}"], rows)
+            (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"k": k, "seed": seed}))
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "report.py"), str(sweep)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "(curves against G updates)" in proc.stderr  # the automatic choice
+    runs = report.find_runs([sweep])
+    assert [r.k for r in runs] == [1, 1, 5, 5] and report.x_axis(runs) == "g_updates"
+    assert report.x_axis(runs, "epoch") == "epoch" and report.x_axis(runs[:2]) == "epoch"
+
+    (ax,) = report.plot(runs, tmp_path / "by_updates.png", "g_updates").axes
+    assert ax.get_xlabel() == "G updates"
+    curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+    assert curves["k=1 (2 seeds)"] == ([100, 200, 300], [2.0, 3.0, 4.0])
+    assert curves["k=5 (2 seeds)"] == ([20, 40, 60, 80, 100], [20.0, 30.0, 40.0, 50.0, 60.0])
+    (ax,) = report.plot(runs, tmp_path / "by_epochs.png", "epoch").axes
+    assert ax.get_xlabel() == "epoch"
+    assert {line.get_label(): list(line.get_xdata()) for line in ax.lines} == {
+        "k=1 (2 seeds)": [1, 2, 3],
+        "k=5 (2 seeds)": [1, 2, 3, 4, 5],
+    }
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "report.py"), str(sweep), "--x", "epoch"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "(curves against epoch)" in proc.stderr, proc.stderr
+
+
 @pytest.mark.slow
 def test_report_gives_the_theory_table_for_1d_runs(tmp_path):
     sweep = tmp_path / "sweep"

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_script, wandb_offline_run, wandb_summary
+from conftest import run_script, tiny_run, wandb_offline_run, wandb_summary
 
 TRAIN_KEYS = [
     "train/d_loss",
@@ -53,6 +53,57 @@ def test_run_logs_leave_out_lightnings_tip_and_known_deprecation_noise(trained):
     for log in (output, job_log):
         assert "litlogger" not in log and "LeafSpec" not in log
         assert "`Trainer.fit` stopped: `max_epochs=1` reached." in log  # Lightning's other lines are kept
+
+
+@pytest.mark.slow
+def test_a_short_run_of_the_default_prints_no_wandb_warning_and_no_logging_interval_warning(data_dir, tmp_path):
+    """A 3-batch run (fewer batches than log_every_n_steps, 50) with W&B not silenced, as a user runs it: W&B speaks,
+    but warns of no retired setting, and Lightning does not warn that the short epoch goes unlogged (the module logs
+    the epoch's last values itself: train/* are in the CSV log)."""
+    run_dir = tmp_path / "run"
+    proc = run_script(
+        "train.py", *tiny_run(data_dir, 3), f"hydra.run.dir={run_dir}", env={"WANDB_SILENT": "false"}, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for log in (proc.stdout + proc.stderr, (run_dir / "train.log").read_text()):
+        assert not [line for line in log.splitlines() if line.startswith("wandb: WARNING")], log
+        assert "logging interval" not in log, log
+    assert any(line.startswith("wandb: ") for line in proc.stderr.splitlines())  # W&B not silenced: it could warn
+    with open(next(run_dir.glob("csv/version_*/metrics.csv"))) as f:
+        assert "train/d_loss" in f.readline()
+
+
+@pytest.mark.slow
+def test_fp16_amp_on_a_cpu_is_logged_as_the_bf16_mixed_that_lightning_runs(data_dir, tmp_path):
+    """trainer.precision=16-mixed on a CPU: Lightning has no fp16 AMP there and trains in bf16-mixed; the first log
+    line, the Trainer's precision (Lightning's own line) and the checkpoint's config all say bf16-mixed."""
+    from advnets.precision import cpu_bf16_units
+
+    run_dir = tmp_path / "run"
+    proc = run_script(
+        "train.py",
+        *tiny_run(data_dir, 3),
+        "trainer.precision=16-mixed",
+        "trainer.accelerator=cpu",
+        "logger=csv",
+        "test_after_fit=false",
+        f"hydra.run.dir={run_dir}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    first = log.splitlines()[0]
+    fp16 = "as Lightning runs trainer.precision=16-mixed on a CPU (it has no fp16 AMP there)"
+    if cpu_bf16_units():
+        assert first.endswith(
+            f"[INFO] - precision: bf16-mixed, the fast path (this CPU has {cpu_bf16_units()}), {fp16}"
+        )
+    else:
+        assert "[WARNING] - precision: bf16-mixed on a CPU without bf16 matrix units" in first and fp16 in first
+    assert "Using bfloat16 Automatic Mixed Precision (AMP)" in log  # Lightning's line: what it runs
+    assert "AMP with fp16 is not supported" not in proc.stdout + proc.stderr  # given bf16-mixed, it converts nothing
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["config"]["trainer"]["precision"] == "bf16-mixed"
 
 
 @pytest.mark.slow

@@ -22,6 +22,21 @@ def write_step_metrics_now(trainer) -> None:
     trainer._logger_connector.update_train_step_metrics()
 
 
+def leave_out_retired_wandb_setting(logger) -> None:
+    """Pass W&B no `anonymous` setting: WandbLogger always passes one (None unless asked), and W&B, which has retired
+    it, warns whenever it is passed ("The anonymous setting has no effect") in every run."""
+    logger._wandb_init.pop("anonymous", None)
+
+
+def lightning_precision_name(precision: str | int | None) -> str | None:
+    """A Trainer precision in Lightning's own name for it (32 and "32" are 32-true, "bf16" is bf16-mixed, "16" is
+    16-mixed), as the Trainer converts it, with its warning for the discouraged aliases and its error for a value
+    it does not know; None (the Trainer's default) stays None."""
+    from lightning_fabric.connector import _convert_precision_to_unified_args
+
+    return _convert_precision_to_unified_args(precision)
+
+
 def starts_ranks_by_rerunning_the_command(strategy) -> bool:
     """Whether the strategy's launcher starts the other ranks by running this process's command line again."""
     from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
@@ -35,6 +50,9 @@ NOISE_LOG_LINES = ("💡 Tip: For seamless cloud logging and experiment tracking
 NOISE_WARNINGS = (
     # torch >= 2.10 deprecates LeafSpec, which pytorch_lightning.utilities._pytree (2.6) still uses.
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # A short epoch (trainer.limit_train_batches below log_every_n_steps): the module logs the epoch's last values
+    # itself (GAN.on_train_epoch_end), so the warning that the epoch goes unlogged is not true of this project.
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
 )
 
 

@@ -69,24 +69,26 @@ def build_loggers(cfg: DictConfig) -> list:
     checkpoint's W&B run, its steps going on from the checkpoint's), CSV into the next csv/version_N of the folder."""
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
+    from advnets.lightning_internals import leave_out_retired_wandb_setting
+
     loggers = []
     if "wandb" in cfg.logger:
         w = cfg.logger.wandb
         Path(w.save_dir).mkdir(parents=True, exist_ok=True)
         # The jobs of one sweep share a group and a folder, so the dashboard shows them side by side.
-        loggers.append(
-            WandbLogger(
-                project=w.project,
-                name=run_name(cfg),  # name_wandb_run's, else built here (tests, benchmarks)
-                group=w.group or sweep_name(),
-                tags=list(w.tags),
-                job_type="train",
-                save_dir=w.save_dir,
-                mode=wandb_mode(w),
-                id=w.id,
-                config=OmegaConf.to_container(cfg, resolve=True),
-            )
+        wandb_logger = WandbLogger(
+            project=w.project,
+            name=run_name(cfg),  # name_wandb_run's, else built here (tests, benchmarks)
+            group=w.group or sweep_name(),
+            tags=list(w.tags),
+            job_type="train",
+            save_dir=w.save_dir,
+            mode=wandb_mode(w),
+            id=w.id,
+            config=OmegaConf.to_container(cfg, resolve=True),
         )
+        leave_out_retired_wandb_setting(wandb_logger)
+        loggers.append(wandb_logger)
     if "csv" in cfg.logger:
         loggers.append(CSVLogger(save_dir=cfg.logger.csv.save_dir, name=cfg.logger.csv.name))
     return loggers

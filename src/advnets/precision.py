@@ -203,15 +203,21 @@ def on_gpu(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
-def resolve_precision(precision: str | int | None, accelerator: str, model: str) -> str | int | None:
-    """trainer.precision as the Trainer gets it. `auto`: bf16-mixed (the fast path) for the fully connected nets
-    (model=maxout) on a CPU with bf16 matrix units, where it was measured to pay and to train as well as fp32
-    (docs/speed.md); 32-true elsewhere: GPUs, the conv nets and CPUs that emulate bf16 (not measured to pay, or
-    measured not to). Any other value is Lightning's and passes as it is."""
-    if str(precision) != AUTO:
-        return precision
-    fast = model == "maxout" and not on_gpu(accelerator) and cpu_bf16_units() is not None
-    return FAST_PRECISION if fast else "32-true"
+def resolve_precision(precision: str | int | None, accelerator: str, model: str) -> str | None:
+    """trainer.precision as the Trainer runs it, which is then what the Trainer gets, so that the run's first log
+    line, its module's hparams and its loggers' config say what ran. `auto`: bf16-mixed (the fast path) for the
+    fully connected nets (model=maxout) on a CPU with bf16 matrix units, where it was measured to pay and to train
+    as well as fp32 (docs/speed.md); 32-true elsewhere: GPUs, the conv nets and CPUs that emulate bf16 (not
+    measured to pay, or measured not to). Any other value is Lightning's, in Lightning's own name for it
+    (lightning_precision_name), and on a CPU fp16 AMP (16-mixed) is bf16-mixed, as Lightning runs it there (it has
+    no fp16 AMP on a CPU; its Trainer would convert it with a warning)."""
+    if str(precision) == AUTO:
+        fast = model == "maxout" and not on_gpu(accelerator) and cpu_bf16_units() is not None
+        return FAST_PRECISION if fast else "32-true"
+    from advnets.lightning_internals import lightning_precision_name
+
+    name = lightning_precision_name(precision)
+    return FAST_PRECISION if name == "16-mixed" and not on_gpu(accelerator) else name
 
 
 def cpu_bf16_units() -> str | None:
@@ -226,27 +232,42 @@ def cpu_bf16_units() -> str | None:
     return None
 
 
-def precision_line(precision: str | int | None, accelerator: str, asked: str | int | None = None) -> tuple[int, str]:
-    """The log level and line that say which precision a run trains in (`precision`, resolved from `asked`) and,
-    on a CPU, whether the fast path suits this CPU: a warning when bf16-mixed is asked for on a CPU without bf16
-    matrix units."""
+def precision_line(precision: str | None, accelerator: str, asked: str | int | None = None) -> tuple[int, str]:
+    """The log level and line that say which precision a run trains in: `precision`, what resolve_precision made of
+    trainer.precision=`asked` (the line says so where they differ), and, on a CPU, whether the fast path suits this
+    CPU: a warning when bf16-mixed runs on a CPU without bf16 matrix units."""
     fast = wants_fast_path(precision)
-    chosen = f", chosen by trainer.precision={AUTO}" if str(asked) == AUTO else ""
+    source = _source(precision, asked)
     if on_gpu(accelerator):
-        return logging.INFO, f"precision: {precision or '32-true'}" + (" (the bf16 fast path)" if fast else "") + chosen
+        return logging.INFO, f"precision: {precision or '32-true'}" + (" (the bf16 fast path)" if fast else "") + source
     units = cpu_bf16_units()
     if fast and units is None:
         return logging.WARNING, (
-            f"precision: bf16-mixed on a CPU without bf16 matrix units ({torch.backends.cpu.get_cpu_capability()}):"
-            " its bf16 matmuls are emulated and far slower than fp32; trainer.precision=32-true is faster here"
+            f"precision: bf16-mixed on a CPU without bf16 matrix units ({torch.backends.cpu.get_cpu_capability()})"
+            f"{source}: its bf16 matmuls are emulated and far slower than fp32; trainer.precision=32-true is faster here"
         )
     if fast:
-        return logging.INFO, f"precision: bf16-mixed, the fast path (this CPU has {units}){chosen}"
-    if chosen:
+        return logging.INFO, f"precision: bf16-mixed, the fast path (this CPU has {units}){source}"
+    if str(asked) == AUTO:
         why = "the fast path is measured on the fully connected nets only" if units else "no bf16 matrix units here"
-        return logging.INFO, f"precision: 32-true (fp32){chosen} ({why})"
+        return logging.INFO, f"precision: 32-true (fp32){source} ({why})"
+    fp32 = " (fp32)" if precision in (None, "32-true") else ""
     hint = f"; this CPU has {units}: trainer.precision=bf16-mixed is the faster bf16 path" if units else ""
-    return logging.INFO, f"precision: {precision or '32-true'} (fp32){hint}"
+    return logging.INFO, f"precision: {precision or '32-true'}{fp32}{source}{hint}"
+
+
+def _source(precision: str | None, asked: str | int | None) -> str:
+    """The precision line's account of how trainer.precision=`asked` became `precision`, where it is not that value
+    as given: chosen by `auto`, or Lightning's name for it (an alias such as bf16; fp16 AMP on a CPU)."""
+    if str(asked) == AUTO:
+        return f", chosen by trainer.precision={AUTO}"
+    if asked is None or str(asked) == str(precision):
+        return ""
+    # Of Lightning's values, only fp16 AMP (16-mixed, or its alias 16) becomes bf16-mixed: on a CPU.
+    fp16_on_cpu = (
+        " on a CPU (it has no fp16 AMP there)" if wants_fast_path(precision) and str(asked)[:2] == "16" else ""
+    )
+    return f", as Lightning runs trainer.precision={asked}{fp16_on_cpu}"
 
 
 __all__ = [

@@ -67,6 +67,13 @@ class ProgressLines(ProgressBar):
         self._last_time, self._last_batch = now, batch
 
 
+def progress_callbacks(enabled: bool, every_s: float) -> list[ProgressLines]:
+    """The progress callback of a Trainer whose progress is `enabled`: off a terminal (SLURM, nohup, CI, output
+    redirected to a file) ProgressLines, a line at a bounded rate, instead of tqdm's bar redrawn for every batch; on a
+    terminal none (Lightning's bar)."""
+    return [ProgressLines(every_s)] if enabled and not sys.stderr.isatty() else []
+
+
 def test_table(results: list[dict[str, float]]) -> str:
     """trainer.test's results as one table. Its test/* metrics are computed once, at the end of the test epoch, from
     both of its loaders (the validation rows that pick sigma, the test images scored), so Lightning's own table would
