@@ -72,7 +72,8 @@ def test_momentum_ramp(epoch, mu):
 def test_adam_is_fused_and_follows_adams_formula():
     """The default optimiser runs torch's fused kernel (one pass over each tensor: the cheaper step of
     benchmarks/train_throughput.py --step-costs) and makes Adam's update, the bias-corrected moments written out
-    here, to float32 rounding over 20 steps; torch's for-loop Adam on the same gradients agrees as closely."""
+    here, to float32 rounding over 20 steps. (No torch.optim.Adam of torch's own here: its step, once hooked by torch,
+    would run every step hook of this process's Adams twice.)"""
     torch.manual_seed(0)
     w0 = torch.randn(300)
     grads = [torch.randn(300) for _ in range(20)]
@@ -80,16 +81,14 @@ def test_adam_is_fused_and_follows_adams_formula():
     w = torch.nn.Parameter(w0.clone())
     opt = build_optimizer([w], cfg)
     assert opt.param_groups[0]["fused"] is True
-    loop = torch.nn.Parameter(w0.clone())
-    loop_opt = torch.optim.Adam([loop], lr=2e-3, betas=(0.5, 0.999), foreach=False)
     expected, m, v = w0.double(), 0.0, 0.0
     for t, g in enumerate(grads, start=1):
-        w.grad, loop.grad = g.clone(), g.clone()
+        w.grad = g.clone()
+        version = w._version
         opt.step()
-        loop_opt.step()
+        assert w._version > version  # the fast path's bf16 weight casts are cached on it
         m = 0.5 * m + 0.5 * g.double()
         v = 0.999 * v + 0.001 * g.double() ** 2
         expected = expected - 2e-3 * (m / (1 - 0.5**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
     assert torch.allclose(w.detach().double(), expected, rtol=0, atol=1e-6)
-    assert torch.allclose(w.detach(), loop.detach(), rtol=0, atol=1e-6)
     assert not torch.equal(w.detach(), w0)  # it moved: 20 steps of lr 2e-3 are 100 times the tolerance

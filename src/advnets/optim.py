@@ -85,7 +85,7 @@ class Adam(torch.optim.Adam):
     @torch.no_grad()
     def step(self, closure=None):
         if self.compiled_update is None or self.compiled_update.eager:
-            return super().step(closure)
+            return self._fused_step(closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -117,9 +117,18 @@ class Adam(torch.optim.Adam):
                 bias_correction2_sqrt,
             )
             if not ran:
-                return super().step(closure)
+                return self._fused_step(closure)
             for state in states:
                 state["step"] += 1
+        return loss
+
+    def _fused_step(self, closure):
+        loss = super().step(closure)
+        # The fused kernel writes the weights without moving their version counters, on which the fast path caches
+        # each weight's bf16 cast (advnets.precision): without this it would go on using the weights of before.
+        torch.autograd.graph.increment_version(
+            [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        )
         return loss
 
 
