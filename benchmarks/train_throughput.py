@@ -19,6 +19,7 @@ fastest's goes, with what 2x fp32 would leave the fastest for its work other tha
     python benchmarks/train_throughput.py --device cuda    # on a GPU
     python benchmarks/train_throughput.py --tiny           # a few iterations (the test suite runs this)
     OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --fast-path --logger none   # the fast path's rows
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --step-costs --logger none  # what each cheaper step buys
 
 (a) runs the paper's Algorithm 1 like (b) and (c): no R1 penalty, no EMA of G (the project's defaults
 add both; `--defaults` times those instead).
@@ -371,7 +372,10 @@ def main() -> None:
     parser.add_argument(
         "--step-costs",
         action="store_true",
-        help="the defaults with the step's changes one by one (fused Adam, lazy R1, no R1), in the auto precision",
+        help="the defaults with the step's changes one by one (fused Adam, lazy R1, no R1), in --precision",
+    )
+    parser.add_argument(
+        "--precision", default="auto", help="--step-costs: trainer.precision of its rows (32-true: fp32)"
     )
     parser.add_argument("--tiny", action="store_true", help="a few iterations, one repeat")
     parser.add_argument("--defaults", action="store_true", help="(a) with the project's defaults (R1, EMA of G)")
@@ -587,7 +591,7 @@ def step_cost_rows(args, data_dir: str) -> None:
     from advnets.precision import resolve_precision
 
     OPTIONS["extra"] = []
-    precision = resolve_precision("auto", "cpu" if args.device == "cpu" else "gpu", "maxout")
+    precision = resolve_precision(args.precision, "cpu" if args.device == "cpu" else "gpu", "maxout")
     speeds: dict[str, list[tuple[float, float]]] = {name: [] for name in STEP_COST_ROWS}
     for _ in range(args.repeats):
         for name, (extra, fused) in STEP_COST_ROWS.items():
