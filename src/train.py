@@ -33,14 +33,15 @@ def main(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
+    import errno
     import warnings
 
     import pytorch_lightning as pl
     from hydra.utils import instantiate
-    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from advnets.checkpoints import load_checkpoint
+    from advnets.checkpoint_io import AtomicCheckpointIO, AtomicLastCheckpoint, CheckpointWriteError
+    from advnets.checkpoints import load_checkpoint, write_failure
     from advnets.data import build_datamodule
     from advnets.errors import Preempted
     from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint, parse_max_time
@@ -71,8 +72,9 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
         trainer = pl.Trainer(
             **trainer_args,
             logger=loggers or False,
+            plugins=[AtomicCheckpointIO()],  # the one writer of checkpoints: in place, atomic, never via TMPDIR
             callbacks=[
-                ModelCheckpoint(**cfg.callbacks.checkpoint),
+                AtomicLastCheckpoint(**cfg.callbacks.checkpoint),
                 DivergenceGuard(),
                 DashboardAxes(),
                 CollapseMonitor(**cfg.callbacks.collapse),
@@ -87,6 +89,10 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
             raise Preempted(signal.SIGTERM, last_good_checkpoint(trainer)) from None
         if cfg.test_after_fit:
             print(test_table(trainer.test(module, datamodule=datamodule, verbose=False)))
+    except OSError as e:  # Lightning has closed the loggers ("failed"); W&B is finished below
+        if not isinstance(e, CheckpointWriteError) and e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise write_failure(e, Path(cfg.callbacks.checkpoint.dirpath)) from None
     finally:
         finish_wandb()
 

@@ -200,7 +200,7 @@ def test_checkpoint_of_another_experiment(log_dir, tmp_path):
 @pytest.mark.slow
 def test_ckpt_last_without_checkpoints(log_dir):
     msg = refused(log_dir, "ckpt_path=last")
-    assert f"ckpt_path=last: no last.ckpt of this experiment under {log_dir}" in msg
+    assert f"ckpt_path=last: no checkpoint of this experiment under {log_dir}" in msg
 
 
 def test_ckpt_last_finds_newest_of_same_experiment(tmp_path):
@@ -570,3 +570,246 @@ def test_a_stopped_multirun_job_prints_the_command_that_resumes_that_job_alone(d
     resumed = run_script("train.py", *command[2:], env=TESTS_ON_PATH)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(p.name for p in job.parent.glob("csv/version_*")) == ["version_0", "version_1"]
+
+
+# --- storage and concurrency faults, made for real (issue 44) ----------------------------------------------
+class FaultyCheckpointWrites(pl.Callback):
+    """Replaces the run's checkpoint writer with one whose `save`-th checkpoint (1-based) stops after `after_bytes`
+    bytes of the file: `fault=pause` sleeps there (for a SIGKILL to land inside the save), `fault=enospc` raises
+    the error of a full disk (where no small file system can be mounted). Added with callbacks.extra."""
+
+    def __init__(self, save: int, after_bytes: int, fault: str):
+        self.save, self.after_bytes, self.fault = save, after_bytes, fault
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        trainer.strategy.checkpoint_io = faulty_io(self.save, self.after_bytes, self.fault)
+
+
+def faulty_io(save: int, after_bytes: int, fault: str):
+    import errno
+    import io
+    import os
+    import time
+
+    from advnets.checkpoint_io import AtomicCheckpointIO
+
+    class FaultyIO(AtomicCheckpointIO):
+        saves = 0
+
+        def write(self, checkpoint, file) -> None:
+            self.saves += 1
+            if self.saves != save:
+                return super().write(checkpoint, file)
+            buffer = io.BytesIO()
+            super().write(checkpoint, buffer)
+            file.write(buffer.getvalue()[:after_bytes])
+            file.flush()
+            if fault == "pause":
+                time.sleep(3600)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return FaultyIO()
+
+
+def faulty_writes(save: int, after_bytes: int, fault: str) -> str:
+    return (
+        f"callbacks.extra=[{{_target_:test_reliability.FaultyCheckpointWrites,save:{save},"
+        f"after_bytes:{after_bytes},fault:{fault}}}]"
+    )
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_old_file_and_nothing_partial(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from advnets.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_such_tmpdir"))  # any use of TMPDIR fails
+    path = tmp_path / "checkpoints" / "epoch0001-step2.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
+    with pytest.raises(CheckpointWriteError) as failed:
+        faulty_io(save=1, after_bytes=1000, fault="enospc").save_checkpoint({"step": 2, "w": torch.ones(1000)}, path)
+    assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(path))
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_a_damaged_last_checkpoint_is_skipped_and_named(tmp_path, capsys):
+    import os
+
+    from advnets.checkpoints import check_resume
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    good = fake_checkpoint(folder / "epoch0000-step5.ckpt")
+    truncated = fake_checkpoint(folder / "epoch0001-step10.ckpt")
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    os.utime(good, (1000, 1000))
+    (folder / "last.ckpt").symlink_to("epoch0002-step15.ckpt")  # dangling: its file was removed
+    cfg = compose(f"ckpt_path={folder / 'last.ckpt'}")
+    assert check_resume(cfg) == str(good)
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: skipped damaged checkpoint {folder / 'last.ckpt'} (a link to a missing file)",
+        f"warning: skipped damaged checkpoint {truncated} (cannot be read (truncated, or not a checkpoint: "
+        "PytorchStreamReader failed reading zip archive: failed finding central directory))",
+    ]
+
+
+@pytest.fixture
+def mount_tmpfs():
+    """mount_tmpfs(folder, mib): a tmpfs of `mib` MiB mounted on `folder` (unmounted after the test), or None
+    where mounting is not permitted."""
+    import os
+    import subprocess
+
+    mounted = []
+
+    def mount(folder, mib):
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            return None
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(folder)], capture_output=True)
+        if proc.returncode != 0:
+            return None
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def every_checkpoint_loads(folder) -> list[str]:
+    """The names of the *.ckpt in a checkpoints folder, after asserting that each of them loads."""
+    names = sorted(p.name for p in folder.glob("*.ckpt"))
+    for name in names:
+        torch.load(folder / name, map_location="cpu", weights_only=True)
+    return names
+
+
+@pytest.mark.slow
+def test_a_small_tmpdir_is_never_used(data_dir, tmp_path, mount_tmpfs):
+    tmpdir = mount_tmpfs(tmp_path / "tmpdir", 20)
+    if tmpdir is None:
+        pytest.skip("mounting a 20 MiB tmpfs needs root (a checkpoint is 55 MB)")
+    env = {"TMPDIR": str(tmpdir)}
+    run_dir = tmp_path / "run"
+    first = train(data_dir, run_dir, "trainer.max_epochs=1", batches=3, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resumed = train(data_dir, run_dir, "trainer.max_epochs=2", f"ckpt_path={last}", batches=3, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert every_checkpoint_loads(run_dir / "checkpoints") == ["epoch0001-step12.ckpt", "last.ckpt"]
+    assert torch.load(last, weights_only=True)["counters"]["d_updates"] == 6
+    assert not any(tmpdir.iterdir())
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_in_one_line_and_the_printed_command_resumes_exactly(
+    data_dir, tmp_path, mount_tmpfs, straight
+):
+    """The run folder on a 100 MiB file system: the second checkpoint (55 MB) does not fit beside the first.
+    Without root, the second checkpoint's write fails with ENOSPC after 1 MB instead."""
+    import re
+    import subprocess
+
+    from report import read_metrics
+
+    disk = mount_tmpfs(tmp_path / "disk", 100)
+    fault = [] if disk else [faulty_writes(save=2, after_bytes=2**20, fault="enospc")]
+    run_dir = (disk or tmp_path) / "run"
+    args = [*EXACT, "trainer.max_epochs=2", "logger=csv", *fault]
+    full = train(data_dir, run_dir, *args, env=TESTS_ON_PATH)
+    assert full.returncode == 4 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    (line,) = [x for x in full.stderr.splitlines() if x.startswith("error: ")]
+    last, ckpt = run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "epoch0001-step20.ckpt"
+    where = re.escape(str(disk or "/"))  # the mount point
+    assert re.fullmatch(
+        f"error: no space left on {where}\\S* writing {re.escape(str(ckpt))}; the last good checkpoint is "
+        f"{re.escape(str(last))} \\(epoch 1\\); free space, then resume with: (.*)",
+        line,
+    ), line
+    assert every_checkpoint_loads(run_dir / "checkpoints") == ["epoch0000-step10.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch0000-step10.ckpt", "last.ckpt"]
+    if disk:
+        subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+    command = shlex.split(line.split("resume with: ", 1)[1])
+    assert command[:2] == ["python", "src/train.py"] and command[-1] == f"ckpt_path={last}"
+    resumed = run_script("train.py", *[a for a in command[2:] if not a.startswith("callbacks.extra")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_training(straight[0] / "checkpoints" / "last.ckpt", last)
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "train/elapsed_s"} for r in rs]  # noqa: E731
+    assert drop(read_metrics(run_dir)) == drop(read_metrics(straight[0]))  # each epoch once
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_and_a_kill_inside_the_save_loses_nothing(data_dir, tmp_path, straight):
+    """A run paused in the middle of writing its second checkpoint: a second train.py on its folder refuses in one
+    line naming it and writes nothing; SIGKILL lands inside the save; the same command then resumes, exactly."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from report import read_metrics
+
+    run_dir = tmp_path / "run"
+    args = [*EXACT, "trainer.max_epochs=2", "logger=csv"]
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "src" / "train.py"), f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
+        + [*QUICK[1:], "trainer.limit_train_batches=5", *args, faulty_writes(2, 2**20, "pause")],
+        cwd=REPO,
+        env={**os.environ, **TESTS_ON_PATH, "WANDB_MODE": "offline"},
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "first.err").open("w"),
+    )
+    partial = run_dir / "checkpoints" / ".epoch0001-step20.ckpt.partial"
+    deadline = time.time() + 120
+    while not (partial.exists() and partial.stat().st_size == 2**20) and first.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert first.poll() is None, (tmp_path / "first.err").read_text()[-3000:]
+    before = snapshot(run_dir)
+    resume = [*args, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]
+    second = train(data_dir, run_dir, *resume)
+    assert second.returncode == 2, second.stderr[-3000:]
+    (line,) = [x for x in second.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith(f"error: run folder {run_dir} is in use by pid {first.pid} on host {socket.gethostname()}")
+    assert snapshot(run_dir) == before  # nothing written
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    assert partial.stat().st_size == 2**20  # killed inside the save: only the hidden temporary file is cut short
+    assert every_checkpoint_loads(run_dir / "checkpoints") == ["epoch0000-step10.ckpt", "last.ckpt"]
+    again = train(data_dir, run_dir, *resume)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch0001-step20.ckpt", "last.ckpt"]
+    same_training(straight[0] / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "last.ckpt")
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "train/elapsed_s"} for r in rs]  # noqa: E731
+    assert drop(read_metrics(run_dir)) == drop(read_metrics(straight[0]))  # each epoch once
+
+
+@pytest.mark.slow
+def test_two_first_runs_on_a_fresh_data_folder_both_train(tmp_path):
+    """Both copy and unpack MNIST into the same empty folder at once: one waits for the other's lock."""
+    import os
+    import subprocess
+    import sys
+
+    fresh = tmp_path / "fresh_data"
+    commands = [
+        [
+            sys.executable,
+            str(REPO / "src" / "train.py"),
+            f"paths.data_dir={fresh}",
+            f"hydra.run.dir={tmp_path / str(s)}",
+        ]
+        + [*QUICK, "trainer.max_epochs=1", "trainer.limit_train_batches=1", f"seed={s}"]
+        for s in (1, 2)
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    runs = [subprocess.Popen(c, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True) for c in commands]
+    for run in runs:
+        stderr = run.communicate(timeout=300)[1]
+        assert run.returncode == 0 and "corrupt" not in stderr, stderr[-3000:]

@@ -80,23 +80,74 @@ def experiment_mismatch(ckpt: dict, config: dict | DictConfig) -> str | None:
     return None
 
 
-def find_last_checkpoint(log_dir: Path, config: dict | DictConfig) -> Path:
-    """The newest last.ckpt under `log_dir` written by a run of the same experiment."""
-    candidates = sorted(
-        (p for p in log_dir.glob("**/checkpoints/last.ckpt") if p.exists()),  # skip dangling links
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    for path in candidates:
-        try:
-            if experiment_mismatch(load_checkpoint(path), config) is None:
-                return path
-        except UserError:
+def newest_first(paths) -> list[Path]:
+    """Checkpoint files, newest first; `last.ckpt` first among equals (it is, or links to, the newest). A dangling
+    link counts by its own time."""
+
+    def age(p: Path) -> tuple[int, bool]:
+        stat = p.stat() if p.exists() else p.lstat()
+        return stat.st_mtime_ns, p.name == "last.ckpt"
+
+    return sorted(paths, key=age, reverse=True)
+
+
+def damaged_line(path: Path, why: UserError | None = None) -> str:
+    reason = "a link to a missing file" if why is None else str(why).removeprefix(f"checkpoint {path} ")
+    return f"warning: skipped damaged checkpoint {path} ({reason})"
+
+
+def newest_that_loads(paths, config: dict | DictConfig | None = None) -> tuple[Path | None, dict | None, list[str]]:
+    """The newest of `paths` that loads (and, given `config`, is of the same experiment), its contents, and a
+    line for each damaged one skipped on the way (checkpoints of other experiments are passed over silently)."""
+    skipped = []
+    for path in newest_first(paths):
+        if not path.exists():
+            skipped.append(damaged_line(path))
             continue
-    others = f" ({len(candidates)} found, of other experiments or unreadable)" if candidates else ""
-    raise UserError(
-        f"ckpt_path=last: no last.ckpt of this experiment under {log_dir}{others}; give ckpt_path=<path to a .ckpt>"
-    )
+        try:
+            ckpt = load_checkpoint(path)
+        except UserError as e:
+            skipped.append(damaged_line(path, e))
+            continue
+        if config is None or experiment_mismatch(ckpt, config) is None:
+            return path, ckpt, skipped
+    return None, None, skipped
+
+
+def checkpoints_in(folder: Path) -> list[Path]:
+    """Every `*.ckpt` in `folder`, dangling links too (never the hidden `.<name>.partial` of a save under way)."""
+    return [p for p in folder.glob("*.ckpt") if p.exists() or p.is_symlink()]
+
+
+def report_skipped(lines: list[str]) -> None:
+    import sys
+
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def find_last_checkpoint(log_dir: Path, config: dict | DictConfig) -> Path:
+    """The newest checkpoint under `log_dir` (in any <run>/checkpoints/) that loads and is of the same experiment;
+    each damaged one passed over is named on stderr."""
+    candidates = [p for folder in log_dir.glob("**/checkpoints") for p in checkpoints_in(folder)]
+    path, _, skipped = newest_that_loads(candidates, config)
+    report_skipped(skipped)
+    if path is None:
+        others = f" ({len(candidates)} found, of other experiments or unreadable)" if candidates else ""
+        raise UserError(
+            f"ckpt_path=last: no checkpoint of this experiment under {log_dir}{others}; give ckpt_path=<path to a .ckpt>"
+        )
+    return path
+
+
+def resume_last_in_folder(path: Path, config: dict | DictConfig) -> Path:
+    """`ckpt_path=<folder>/last.ckpt` asks for the newest checkpoint there: itself if it loads, else the newest
+    of its folder that does, each damaged one skipped named on stderr. Refused as any path is when none loads."""
+    found, _, skipped = newest_that_loads(checkpoints_in(path.parent), config)
+    if found is None:
+        return check_ckpt_path(path)  # no checkpoint of this experiment loads: check_resume refuses it as given
+    report_skipped(skipped)
+    return found
 
 
 def check_resume(cfg: DictConfig) -> str | None:
@@ -105,7 +156,9 @@ def check_resume(cfg: DictConfig) -> str | None:
         return None
     if str(cfg.ckpt_path) == "last":
         return str(find_last_checkpoint(Path(cfg.paths.log_dir), cfg))
-    path = check_ckpt_path(cfg.ckpt_path)
+    given = Path(str(cfg.ckpt_path)).expanduser()
+    last_there = given.name == "last.ckpt" and given.parent.is_dir()
+    path = resume_last_in_folder(given, cfg) if last_there else check_ckpt_path(given)
     mismatch = experiment_mismatch(load_checkpoint(path), cfg)
     if mismatch:
         raise UserError(f"checkpoint {path} is from another experiment ({mismatch}); resume it with the same settings")
@@ -139,3 +192,34 @@ class ResumeInRunFolder(Callback):
             if folder is not None and not given:
                 config.hydra.run.dir = str(folder)
                 config.hydra.output_subdir = None
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system holding `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    while not path.is_mount():
+        path = path.parent
+    return path
+
+
+def write_failure(error: OSError, checkpoint_dir: Path) -> UserError:
+    """The one-line error for a write of the run that failed: what failed where, the newest checkpoint that loads
+    (the one being written when the disk filled was never given its name), and the command that resumes."""
+    import errno
+
+    from advnets.errors import StorageFull, resume_command
+
+    file = error.filename or checkpoint_dir.parent
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        what, fix = f"no space left on {mount_point(Path(file))}", "free space"
+    else:  # a folder made unwritable, or removed, under the run
+        what, fix = (error.strerror or type(error).__name__).lower(), "make the folder writable"
+    path, ckpt, _ = newest_that_loads(checkpoints_in(checkpoint_dir)) if checkpoint_dir.is_dir() else (None, None, [])
+    if path is None:
+        return StorageFull(f"{what} writing {file}; no checkpoint was saved yet; {fix}, then run the command again")
+    return StorageFull(
+        f"{what} writing {file}; the last good checkpoint is {path} (epoch {ckpt['epoch'] + 1}); "
+        f"{fix}, then resume with: {resume_command(str(path))}"
+    )

@@ -21,6 +21,13 @@ class TrainingDiverged(UserError):
     exit_code = 3
 
 
+class StorageFull(UserError):
+    """A write of the run failed (disk full, folder unwritable or gone); the message names the last good
+    checkpoint and the command that resumes from it."""
+
+    exit_code = 4
+
+
 class Preempted(Exception):
     """Training stopped early on request, with `ckpt` saved at the batch boundary where it stopped.
 
@@ -51,9 +58,9 @@ def resume_command(ckpt: str) -> str:
     return shlex.join(["python", "src/train.py", *args, f"ckpt_path={ckpt}"])
 
 
-# What Hydra writes into a run folder before the task starts (and <job name>.log); a folder holding nothing
-# else is this command's own.
-HYDRA_START_FILES = {".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"}
+# What Hydra writes into a run folder before the task starts (and <job name>.log), and the run's lock
+# (advnets.run_lock); a folder holding nothing else is this command's own.
+HYDRA_START_FILES = {".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", ".run.lock"}
 
 
 def remove_unused_run_folder(run_folder: Path, log_dir: Path | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
@@ -136,11 +135,8 @@ class PreemptionHandler(pl.Callback):
             return
         # This batch's step metrics: Lightning writes them after the batch-end hooks, which stop here.
         write_step_metrics_now(trainer)
-        dirpath = Path(trainer.checkpoint_callback.dirpath)
-        path, tmp = dirpath / "last.ckpt", dirpath / ".last.ckpt.partial"
-        trainer.save_checkpoint(tmp)  # then renamed: a kill during the save leaves the old last.ckpt whole
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
+        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)  # atomic (advnets.checkpoint_io): a kill during the save leaves the old one
         raise Preempted(reason, str(path))
 
 

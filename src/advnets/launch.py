@@ -56,6 +56,8 @@ def run_job_alone(cfg: DictConfig, script: Path) -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
+    from advnets.run_lock import release_run_folder
+
     hc = HydraConfig.get()
     command = [
         sys.executable,
@@ -66,6 +68,7 @@ def run_job_alone(cfg: DictConfig, script: Path) -> None:
     ]  # the sweep already wrote this job's .hydra/
     if "wandb" in cfg.logger and not cfg.logger.wandb.group:
         command.append(f"logger.wandb.group={sweep_name()}")
+    release_run_folder(Path(hc.runtime.output_dir))  # the command below takes it
     code = subprocess.run(command).returncode
     if code:
         sys.exit(code)

@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import Tensor
 
 from advnets.data.batches import DataError, TensorDataModule
+from advnets.locks import wait_for_lock
 
 FILES = (
     "train-images-idx3-ubyte.gz",
@@ -24,7 +25,24 @@ class MNISTDataModule(TensorDataModule):
         return Path(self.cfg["root"]) / "MNIST" / "raw"
 
     def prepare_data(self) -> None:
-        """Put the files in <root>/MNIST/raw: from `raw_mirror` when given, else torchvision's download."""
+        """Put the files in <root>/MNIST/raw: from `raw_mirror` when given, else torchvision's download.
+
+        Under a lock on <root>/MNIST/.prepare.lock: a second process started beside the first (two seeds, a
+        sweep's jobs) waits while the first copies and unpacks the files, then finds them complete, instead of
+        reading them half-written and calling them corrupt."""
+        import os
+
+        try:
+            fd = wait_for_lock(self.raw_dir.parent / ".prepare.lock")
+        except OSError:  # a read-only data folder: nothing can be written there, by us or anyone else
+            fd = None
+        try:
+            self._prepare_files()
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _prepare_files(self) -> None:
         from torchvision.datasets import MNIST
 
         raw = self.raw_dir
@@ -33,7 +51,10 @@ class MNISTDataModule(TensorDataModule):
             raw.mkdir(parents=True, exist_ok=True)
             for name in FILES:
                 if not (raw / name).exists() and (Path(mirror) / name).exists():
-                    shutil.copyfile(Path(mirror) / name, raw / name)
+                    # Copied beside and renamed: a copy cut short (a kill, a full disk) never has the name.
+                    partial = raw / f".{name}.partial"
+                    shutil.copyfile(Path(mirror) / name, partial)
+                    partial.replace(raw / name)
         try:
             # Offline with the .gz files present this only checks their MD5 and unpacks them.
             for train in (True, False):
