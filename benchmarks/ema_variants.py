@@ -81,7 +81,7 @@ class AverageVariants(pl.Callback):
         n = int(module.cfg.quality.val_samples)
         lines = []
         for name, average in self.averages.items():
-            gen = module.seeded_generator(EVAL_SAMPLES)
+            gen = module.sample_generator(EVAL_SAMPLES)
             net = average.generator
             was_training = net.training
             net.eval()

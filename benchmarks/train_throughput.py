@@ -202,8 +202,10 @@ def run_project(iters: int, batch: int, device: str, data_dir: str, extra: list[
     from advnets.data import build_datamodule
     from advnets.loggers import build_loggers, finish_wandb
     from advnets.module import GAN
+    from advnets.precision import fp32_means_fp32
     from advnets.progress import progress_callbacks
 
+    fp32_means_fp32()  # as src/train.py
     iters = min(iters, 50_000 // batch)  # one epoch at most (MNIST's 50,000 training rows), full batches only
     out = tempfile.mkdtemp(prefix="advnets-bench-")
     cfg = compose(
@@ -359,6 +361,11 @@ def main() -> None:
         help="only the defaults in fp32, bf16-mixed, compiled and both, and a profile of the fastest",
     )
     parser.add_argument(
+        "--precisions",
+        action="store_true",
+        help="--fast-path: only the fp32 and bf16-mixed rows, no profile (benchmarks/device_check.sh speed)",
+    )
+    parser.add_argument(
         "--compile-mode",
         default=None,
         help="--fast-path: torch.compile mode of the compiled rows (reduce-overhead: CUDA graphs)",
@@ -461,6 +468,9 @@ FAST_PATH_ROWS = {
     "bf16-mixed + compile_updates": ["trainer.precision=bf16-mixed", "model.compile_updates=true"],
 }
 
+# --precisions: the two precisions alone (on a GPU bf16-mixed is Lightning's autocast, on a CPU the fast path).
+PRECISION_ROWS = {FP32_ROW: FAST_PATH_ROWS[FP32_ROW], "bf16-mixed": ["trainer.precision=bf16-mixed"]}
+
 
 def fast_path_rows_for(compile_mode: str | None) -> dict[str, list[str]]:
     """FAST_PATH_ROWS, the compiled ones in torch.compile's `compile_mode` (e.g. reduce-overhead) when given."""
@@ -514,7 +524,7 @@ def fast_path_rows(args, data_dir: str) -> None:
             f"GFLOP/s (x{rates['bfloat16'] / rates['float32']:.2f})",
             flush=True,
         )
-    rows = fast_path_rows_for(args.compile_mode)
+    rows = PRECISION_ROWS if args.precisions else fast_path_rows_for(args.compile_mode)
     speeds: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
     for _ in range(args.repeats):
         for name, extra in rows.items():
@@ -544,6 +554,8 @@ def fast_path_rows(args, data_dir: str) -> None:
             f"x{wall / wall0:4.2f} of fp32 | {cpu:7.0f} per CPU s  x{cpu / cpu0:4.2f} of fp32",
             flush=True,
         )
+    if args.precisions:
+        return
     # The fastest per CPU second on a CPU (the neighbours' load moves wall time), per second on a GPU.
     fastest = max(med, key=lambda name: med[name][0 if args.device == "cuda" else 1])
     batches = min(args.iters, 50)

@@ -47,10 +47,11 @@ def train(cfg: DictConfig, ckpt_path: str | None = None) -> None:
     from advnets.guards import CollapseMonitor, DivergenceGuard, PreemptionHandler, last_good_checkpoint, parse_max_time
     from advnets.loggers import DashboardAxes, build_loggers, finish_wandb, name_wandb_run
     from advnets.module import GAN
-    from advnets.precision import precision_line
+    from advnets.precision import fp32_means_fp32, precision_line
     from advnets.progress import progress_callbacks, test_table
 
     trainer_args = trainer_arguments(cfg)
+    fp32_means_fp32()  # 32-true is fp32 on GPUs too (cuDNN's default is TF32 convolutions); the line says so
     logging.getLogger(__name__).log(
         *precision_line(trainer_args["precision"], cfg.trainer.accelerator, asked=cfg.trainer.precision)
     )

@@ -48,13 +48,52 @@ def test_device_batches_equal_dataloader_batches(mnist):
     assert torch.allclose(total, mnist.splits["train"].sum(dim=(1, 2, 3)).sort().values)
 
 
-def test_sampler_shards_ranks_disjointly():
-    ranks = [EpochBatchSampler(1001, 100, seed=3, rank=r, world_size=2) for r in (0, 1)]
-    for s in ranks:
-        s.set_epoch(5)
+@pytest.mark.parametrize("n, batch", [(1001, 100), (50_001, 100), (7, 3), (12, 5)])
+def test_training_ranks_take_the_same_number_of_batches(n, batch):
+    """Every rank of every world size takes as many batches as its len() says and as the other ranks (under DDP a
+    rank with one batch more would wait for ever in that step's all-reduce: 50,001 rows on 2 GPUs gave 251 against
+    250), every row at least once, and fewer than world_size rows twice (taken again from the permutation's start);
+    one process takes every row once."""
+    for world in (1, 2, 3, 4):
+        ranks = [EpochBatchSampler(n, batch, seed=3, rank=r, world_size=world) for r in range(world)]
+        for s in ranks:
+            s.set_epoch(5)
+        batches = [list(s) for s in ranks]
+        assert len({len(b) for b in batches}) == 1 and [len(b) for b in batches] == [len(s) for s in ranks], world
+        assert len({sum(len(i) for i in b) for b in batches}) == 1, world  # and the same number of rows
+        rows = torch.cat([torch.cat(b) for b in batches]).tolist()
+        assert set(rows) == set(range(n)) and len(rows) - n == (-n) % world, world
+
+
+def test_evaluation_ranks_share_the_points_disjointly():
+    """pad=False (the Parzen points, gathered by the metric): every point exactly once."""
+    ranks = [EpochBatchSampler(1001, 100, seed=3, rank=r, world_size=2, shuffle=False, pad=False) for r in (0, 1)]
     idx = [torch.cat(list(s)) for s in ranks]
     assert len(idx[0]) == 501 and len(idx[1]) == 500 and [len(s) for s in ranks] == [6, 5]
     assert sorted(torch.cat(idx).tolist()) == list(range(1001))
+
+
+def test_tensor_batches_move_each_epochs_indices_to_the_data_once():
+    """One copy of the rank's share of the permutation to the data's device per epoch, not one per batch (on a
+    GPU each is a copy from the host and a wait)."""
+    from torch.overrides import TorchFunctionMode
+
+    from advnets.data import TensorBatches
+
+    class CountMoves(TorchFunctionMode):
+        moves = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.to:
+                CountMoves.moves += 1
+            return func(*args, **(kwargs or {}))
+
+    data = torch.arange(50.0)
+    loader = TensorBatches(data, EpochBatchSampler(50, 10, seed=0))
+    with CountMoves():
+        batches = list(loader)
+    assert len(batches) == 5 and torch.equal(torch.cat(batches).sort().values, data)
+    assert CountMoves.moves == 1
 
 
 def test_missing_mnist_names_the_folder(tmp_path, monkeypatch):

@@ -301,3 +301,91 @@ def test_gpu_ddp_config_composes():
     trainer = compose("trainer=ddp").trainer
     assert (trainer.accelerator, trainer.devices, trainer.strategy) == ("gpu", -1, "ddp_find_unused_parameters_true")
     assert trainer.use_distributed_sampler is False  # the batches shard themselves
+
+
+class _Ranks:
+    """What CollapseMonitor uses of a Lightning strategy, over this process group (gloo, 2 processes)."""
+
+    root_device = torch.device("cpu")
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.global_rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+    def reduce(self, tensor, reduce_op):
+        import torch.distributed as dist
+
+        assert reduce_op == "sum"
+        dist.all_reduce(tensor)
+        return tensor
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # what the monitor used before
+        votes = self.reduce(torch.tensor(int(decision)), "sum")
+        return bool(votes == self.world_size) if all else bool(votes > 0)
+
+
+def _collapse_epoch(resume_after: int | None) -> dict:
+    """This rank's CollapseMonitor over one epoch of 4 batches (this rank's D(x) and D(G(z)) differ from the other's);
+    with `resume_after`, a checkpoint after that batch (rank 0's state, as Lightning writes) loaded into every rank's
+    new monitor, which trains on. Returns what it logged at the epoch's end."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from advnets.guards import CollapseMonitor
+
+    rank = dist.get_rank()
+    logged = {}
+    module = SimpleNamespace(step_record={}, log_dict=lambda values, **kw: logged.update(values))
+    trainer = SimpleNamespace(strategy=_Ranks(), current_epoch=0, should_stop=False)
+
+    def new_monitor():
+        monitor = CollapseMonitor()
+        monitor.setup(trainer, module, "fit")
+        monitor.on_train_epoch_start(trainer, module)
+        return monitor
+
+    monitor = new_monitor()
+    for batch in range(4):
+        if batch == resume_after:
+            state = monitor.state_dict()  # every rank makes it (the reduction); rank 0's is saved
+            saved = [state]
+            dist.broadcast_object_list(saved, src=0)
+            monitor = new_monitor()
+            monitor.load_state_dict(saved[0])
+        d_real = torch.tensor(0.999 if rank == 0 else 0.5 + 0.1 * batch)
+        module.step_record = {"d_real": d_real, "d_fake": 1 - d_real}
+        monitor.on_train_batch_end(trainer, module, None, None, batch)
+    monitor.on_train_epoch_end(trainer, module)
+    return logged
+
+
+def _collapse_rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.save({r: _collapse_epoch(r) for r in (None, 2)}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collapse_monitor_resumed_mid_epoch_under_ddp_logs_what_the_uninterrupted_epoch_logs(tmp_path):
+    """Two gloo processes: the epoch's mean D(x) and D(G(z)) are over both ranks' D updates, the same on both, and a
+    resume after batch 2 from rank 0's checkpoint (the only one written) logs exactly what the uninterrupted epoch
+    logs (each rank restoring rank 0's own sums would count rank 0's first batches twice and rank 1's never)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_collapse_rank, args=(port, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    straight = ranks[0][None]
+    mean_real = (4 * 0.999 + sum(0.5 + 0.1 * b for b in range(4))) / 8
+    assert straight["train/epoch_d_real"] == pytest.approx(mean_real, abs=1e-6)
+    for rank in ranks:
+        assert rank[None] == straight and rank[2] == straight

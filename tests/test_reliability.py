@@ -95,6 +95,13 @@ def test_gpu_asked_on_a_machine_without_one(log_dir):
 
 
 @pytest.mark.slow
+def test_fp16_on_a_gpu_is_refused_in_one_line_before_any_folder(log_dir):
+    """The same line on a machine with or without a GPU (the precision is checked before the GPU is looked for)."""
+    msg = refused(log_dir, "trainer=gpu", "trainer.precision=16-mixed")
+    assert msg.startswith("error: trainer.precision=16-mixed trains in fp16 (trainer.accelerator=gpu)")
+
+
+@pytest.mark.slow
 def test_missing_tfd_file_leaves_no_run_folder_and_no_wandb_run(log_dir, tmp_path):
     # The default loggers (W&B and CSV): the data is checked before either starts.
     msg = refused(log_dir, "dataset=tfd", data_dir=tmp_path / "empty", logger=None)
@@ -219,7 +226,10 @@ def test_ckpt_last_finds_newest_of_same_experiment(tmp_path):
 
 
 # --- training faults: short epochs on real MNIST ------------------------------------------------------
+# On the CPU, whatever the machine: these tests assert the CPU's behaviour (bitwise resumes; a GPU's resume is part
+# (a) of benchmarks/device_check.sh).
 QUICK = [
+    "trainer.accelerator=cpu",
     "logger=none",
     "test_after_fit=false",
     "trainer.enable_progress_bar=false",

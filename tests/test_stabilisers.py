@@ -182,9 +182,7 @@ def test_module_d_step_adds_r1_and_g_step_updates_the_ema(tmp_path):
 def test_collapse_is_marked_after_consecutive_epochs_only():
     logged = []
     module = SimpleNamespace(step_record={}, log_dict=lambda d, **kw: logged.append(d))
-    trainer = SimpleNamespace(
-        current_epoch=0, should_stop=False, strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all=True: x)
-    )
+    trainer = SimpleNamespace(current_epoch=0, should_stop=False, strategy=SimpleNamespace(world_size=1))
     monitor = CollapseMonitor(d_real_above=0.99, d_fake_below=0.01, epochs=2, stop=True)
 
     def epoch(pairs):
@@ -213,9 +211,7 @@ def test_collapse_is_marked_after_consecutive_epochs_only():
 def test_collapse_under_label_smoothing_is_measured_against_d_real_target():
     """With D's real target 0.9 a D that has won sits at D(x) = 0.9: 0.99 of the target (0.891) marks it."""
     module = SimpleNamespace(step_record={}, log_dict=lambda d, **kw: None)
-    trainer = SimpleNamespace(
-        current_epoch=0, should_stop=False, strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all=True: x)
-    )
+    trainer = SimpleNamespace(current_epoch=0, should_stop=False, strategy=SimpleNamespace(world_size=1))
     smoothed, plain = CollapseMonitor(real_label=0.9), CollapseMonitor()
     assert smoothed.d_real_above == pytest.approx(0.891) and plain.d_real_above == 0.99
     for _ in range(2):

@@ -27,9 +27,12 @@ QUALITY_KEYS = [
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
+    """The default on the CPU, whatever the machine: these tests assert the CPU's precision line and numbers (a GPU's
+    short fit is part (a) of benchmarks/device_check.sh)."""
     run_dir = tmp_path_factory.mktemp("e2e") / "run"
     proc = run_script(
         "train.py",
+        "trainer.accelerator=cpu",
         f"paths.data_dir={data_dir}",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=30",
@@ -112,7 +115,7 @@ def test_default_precision_is_the_fast_path_where_this_cpu_has_bf16_units_and_th
     run's first log line says which, and the checkpoint's config holds the precision that ran."""
     from advnets.precision import cpu_bf16_units
 
-    units = cpu_bf16_units() if not torch.cuda.is_available() else None
+    units = cpu_bf16_units()  # the run is on the CPU (the fixture says so)
     first = (trained / "train.log").read_text().splitlines()[0]
     if units:
         assert first.endswith(
@@ -185,6 +188,7 @@ def test_wandb_offline_run_holds_the_keys(trained):
 def test_resume_from_checkpoint_runs(trained, data_dir, tmp_path):
     proc = run_script(
         "train.py",
+        "trainer.accelerator=cpu",  # as the run it resumes
         f"paths.data_dir={data_dir}",
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=30",

@@ -119,7 +119,43 @@ def check_config(cfg: DictConfig) -> None:
         if float(cfg.optimizer[key]) <= 0:
             raise UserError(f"optimizer.{key} must be > 0, got {cfg.optimizer[key]}")
     check_additions(cfg)
+    check_compile(cfg.model)
+    check_precision(cfg)  # before check_devices: the refusal is the same on a machine with or without a GPU
     check_devices(cfg.trainer)
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """Refuse fp16 training (trainer.precision=16-mixed or 16 off a CPU, 16-true anywhere): it mis-trains here
+    (advnets.precision.FP16_PRECISIONS says why). On a CPU 16-mixed runs as bf16-mixed and is accepted."""
+    from advnets.precision import FP16_PRECISIONS, resolve_precision
+
+    asked, accelerator = cfg.trainer.precision, str(cfg.trainer.accelerator)
+    try:
+        runs_as = resolve_precision(asked, accelerator, cfg.model.name)
+    except ValueError as e:  # a value Lightning does not know, in Lightning's words
+        raise UserError(f"trainer.precision={asked}: {e}") from None
+    if runs_as in FP16_PRECISIONS:
+        raise UserError(
+            f"trainer.precision={asked} trains in fp16 (trainer.accelerator={accelerator}), which this project does "
+            "not do correctly: G's gradient w.r.t. its samples and R1's input gradient are taken outside Lightning's "
+            "loss scaling and underflow fp16; use trainer.precision=bf16-mixed or 32-true"
+        )
+
+
+# torch.compile modes that capture CUDA graphs: no run of this project's step under them has been checked (the
+# compiled D is called twice per step with both outputs alive, a backward runs through a retained graph, G is
+# called at several batch sizes and in eval mode, and no step is marked), and none can be off a GPU.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def check_compile(model_cfg: DictConfig) -> None:
+    mode = model_cfg.get("compile")
+    if mode in CUDA_GRAPH_MODES:
+        raise UserError(
+            f"model.compile={mode} captures CUDA graphs, which this project's training step has not been checked "
+            "with (docs/speed.md): use model.compile=true (torch.compile's default mode) or "
+            "model.compile=max-autotune-no-cudagraphs"
+        )
 
 
 def check_additions(cfg: DictConfig) -> None:

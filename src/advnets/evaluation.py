@@ -61,6 +61,9 @@ class Evaluation:
 
 
 def evaluate(cfg: DictConfig) -> Evaluation:
+    from advnets.precision import fp32_means_fp32
+
+    fp32_means_fp32()  # the scores in fp32 on a GPU too (no TF32 convolutions)
     device = torch.device(
         "cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu" if cfg.device == "auto" else cfg.device
     )
@@ -110,13 +113,13 @@ def evaluate(cfg: DictConfig) -> Evaluation:
             }
         )
     else:
-        # Every generator the checkpoint holds, from the same noise.
+        # Every generator the checkpoint holds, from the same noise, drawn on the CPU: the same samples on every device.
         sets = {
             which: (
                 f"Adversarial nets (ours, G: {path})"
                 if which == "raw"
                 else f"Adversarial nets (ours, EMA of G, {ema_description(module.cfg.model)}: {path})",
-                module.sample(n, torch.Generator(device=device).manual_seed(seed), which=which),
+                module.sample(n, torch.Generator().manual_seed(seed), which=which),
             )
             for which in module.generators
         }

@@ -78,7 +78,7 @@ def save_figures(module, train_data: Tensor, folder: Path, seed: int = 0, which:
     """Write figure_2.png and figure_3.png for `module`'s generator (`which`: raw or ema); returns their paths."""
     from torchvision.utils import save_image
 
-    gen = torch.Generator(device=module.device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # CPU: the same figures on every device
     with eval_mode(module.generator_for(which)) as net:
         fig2 = figure_2(module.sample(5 * 5, gen, which=which), train_data)
         fig3 = figure_3(net, module.noise(8, gen), module.noise(8, gen))

@@ -146,7 +146,9 @@ class CollapseMonitor(pl.Callback):
     The epoch's mean D(x) and D(G(z)) over its D updates (`d_real`, `d_fake` of the module's step_record) are compared with the thresholds; `epochs`
     consecutive epochs past both mark the run collapsed, and it stays marked. D(x)'s threshold is a fraction
     of D's target for real data (`real_label`): with label smoothing (target 0.9) a D that has won sits at
-    D(x) = 0.9, never above 0.99.
+    D(x) = 0.9, never above 0.99. Under DDP the means are over every rank's D updates (the sums are reduced at the
+    epoch's end), and a checkpoint holds the sums of every rank, reduced, so that a run resumed mid-epoch goes on
+    with them (rank 0 restores them, the others start at 0).
     """
 
     def __init__(
@@ -160,7 +162,18 @@ class CollapseMonitor(pl.Callback):
         self.d_real_above, self.d_fake_below = float(d_real_above) * float(real_label), float(d_fake_below)
         self.epochs, self.stop = int(epochs), bool(stop)
         self.streak, self.collapsed_at = 0, None  # collapsed_at: the 1-based epoch it was marked
-        self._sums = torch.zeros(3, dtype=torch.float64)  # sum D(x), sum D(G(z)), count
+        self._sums = torch.zeros(3, dtype=torch.float64)  # this rank's sum D(x), sum D(G(z)), count
+        self._strategy = None  # the Trainer's, for the reduction over ranks (set in setup)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._strategy = trainer.strategy
+
+    def _summed_over_ranks(self, strategy) -> torch.Tensor:
+        """Every rank's sums added up (a collective call: every rank makes it, at an epoch's end or a save)."""
+        if strategy.world_size == 1:
+            return self._sums
+        sums = self._sums.to(strategy.root_device, copy=True)  # a copy: the reduction is in place
+        return strategy.reduce(sums, reduce_op="sum")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._sums.zero_()
@@ -174,13 +187,11 @@ class CollapseMonitor(pl.Callback):
             self._sums += torch.stack([d_real, last["d_fake"].double(), torch.ones_like(d_real)])
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        d_real, d_fake, count = self._sums.tolist()
+        d_real, d_fake, count = self._summed_over_ranks(trainer.strategy).tolist()
         if count == 0:
             return
         d_real, d_fake = d_real / count, d_fake / count
-        won = trainer.strategy.reduce_boolean_decision(
-            d_real > self.d_real_above and d_fake < self.d_fake_below, all=False
-        )
+        won = d_real > self.d_real_above and d_fake < self.d_fake_below  # the same on every rank
         self.streak = self.streak + 1 if won else 0
         if self.collapsed_at is None and self.streak >= self.epochs:
             self.collapsed_at = trainer.current_epoch + 1
@@ -192,15 +203,18 @@ class CollapseMonitor(pl.Callback):
             },
             on_step=False,
             on_epoch=True,
-            sync_dist=True,
         )
         if self.collapsed_at is not None and self.stop:
             trainer.should_stop = True
 
     def state_dict(self) -> dict:  # the sums too: a run resumed mid-epoch goes on summing that epoch
-        return {"streak": self.streak, "collapsed_at": self.collapsed_at, "sums": self._sums.tolist()}
+        sums = self._summed_over_ranks(self._strategy) if self._strategy is not None else self._sums
+        return {"streak": self.streak, "collapsed_at": self.collapsed_at, "sums": sums.tolist()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.streak, self.collapsed_at = int(state_dict["streak"]), state_dict["collapsed_at"]
         if "sums" in state_dict:
-            self._sums = torch.tensor(state_dict["sums"], dtype=torch.float64)
+            # Every rank's sums, reduced: rank 0 carries them on and the others start at 0, so that the reduction at
+            # the epoch's end counts each once, on any number of ranks.
+            rank = self._strategy.global_rank if self._strategy is not None else 0
+            self._sums = torch.tensor(state_dict["sums"], dtype=torch.float64) * (rank == 0)

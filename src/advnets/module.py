@@ -82,18 +82,23 @@ class GAN(pl.LightningModule):
 
     # --- noise ---------------------------------------------------------------------------------
     def noise(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        return draw_noise(
-            n,
-            int(self.cfg.model.noise_dim),
-            self.cfg.model.noise,
-            generator if generator is not None else self._noise_gen,
-            device if device is not None else self.device,
-        )
+        """n noise vectors drawn where `generator` lives (default: this batch's training generator), then moved to
+        `device` (default: the module's): a CPU generator draws the same numbers whatever the device trains."""
+        generator = generator if generator is not None else self._noise_gen
+        z = draw_noise(n, int(self.cfg.model.noise_dim), self.cfg.model.noise, generator, generator.device)
+        return z.to(device if device is not None else self.device)
 
-    def seeded_generator(self, *salt: int) -> torch.Generator:
-        # Seeds derived from (run seed, rank, epoch, batch...) make every rank draw its own noise and
-        # make a resumed run draw exactly what the uninterrupted run drew.
-        return torch.Generator(device=self.device).manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, *salt))
+    def seeded_generator(self, *salt: int, device: torch.device | str | None = None) -> torch.Generator:
+        """A generator on `device` (default: the module's) seeded from (run seed, rank, *salt): every rank draws its own
+        noise and a resumed run draws exactly what the uninterrupted run drew. Training noise comes from the
+        device's generator (drawn where it is used); evaluation and figures pass device="cpu" (sample_generator)."""
+        device = self.device if device is None else device
+        return torch.Generator(device=device).manual_seed(derive_seed(int(self.cfg.seed), self.global_rank, *salt))
+
+    def sample_generator(self, *salt: int) -> torch.Generator:
+        """The CPU generator evaluation noise is drawn from: the samples scored are the same on every device (a CUDA
+        generator draws other numbers than the CPU's, and other ones on other GPU models)."""
+        return self.seeded_generator(*salt, device="cpu")
 
     def generator_for(self, which: str) -> torch.nn.Module:
         """`raw`: G as trained; `ema`: the average of its weights (model.ema_decay)."""
@@ -110,15 +115,21 @@ class GAN(pl.LightningModule):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, batch: int = 2000, which: str = "raw") -> Tensor:
-        """n samples from G, or from its average (`which="ema"`), drawn in chunks to bound memory."""
-        gen = generator if generator is not None else self.seeded_generator(SAMPLES)
+        """n samples from G, or from its average (`which="ema"`), drawn in chunks to bound memory. `generator`: a CPU
+        one (default: sample_generator(SAMPLES)), so that the samples do not depend on the device."""
+        gen = generator if generator is not None else self.sample_generator(SAMPLES)
+        if gen.device.type != "cpu":
+            raise ValueError(
+                f"GAN.sample draws from a CPU generator (the same samples on every device), got {gen.device}"
+            )
         net = self.generator_for(which)
         return torch.cat([net(self.noise(min(batch, n - i), gen)) for i in range(0, n, batch)])
 
     # --- training ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        # trainer.precision=bf16-mixed: the training steps take the fast path (advnets.precision), evaluation fp32.
-        self.fast_path = wants_fast_path(self.trainer.precision)
+        # trainer.precision=bf16-mixed on a CPU: the training steps take the fast path (advnets.precision), evaluation
+        # fp32; on a GPU, Lightning's autocast.
+        self.fast_path = wants_fast_path(self.trainer.precision, self.trainer.strategy.root_device)
         dm = getattr(self.trainer, "datamodule", None)
         if stage == "fit" and dm is not None and self.d_updates == 0:
             # Checkpoint weights, if any, are loaded after this and overwrite it.

@@ -18,8 +18,10 @@ outputs are fp32. What makes it faster than autocast:
   divides to share the gradient between ties (which bf16 rounding makes common).
 
 Evaluation (Parzen, FID/KID, samples) runs outside the context, in fp32. The module turns the context on
-around its training step when the Trainer's precision is bf16-mixed (advnets.module.GAN.fast_path); the
-conv nets' conv layers keep Lightning's autocast. docs/speed.md has the measurements.
+around its training step when the Trainer's precision is bf16-mixed and it trains on a CPU
+(advnets.module.GAN.fast_path); the conv nets' conv layers keep Lightning's autocast. On a GPU bf16-mixed is
+Lightning's autocast alone (bf16 matmuls on fp32 weights): the fast path's layouts and casts were measured on
+CPUs only. docs/speed.md has the measurements.
 """
 
 from __future__ import annotations
@@ -194,9 +196,30 @@ def fp32(y: Tensor) -> Tensor:
     return y.float() if y.dtype == DTYPE else y
 
 
-def wants_fast_path(precision: str | int | None) -> bool:
-    """Whether a Trainer precision asks for the fast path."""
-    return str(precision) == FAST_PRECISION
+def wants_fast_path(precision: str | int | None, device: torch.device) -> bool:
+    """Whether training steps on `device` at this Trainer precision take the fast path: bf16-mixed on a CPU. On a
+    GPU bf16-mixed is Lightning's autocast (the fast path was measured on CPUs only; docs/speed.md)."""
+    return str(precision) == FAST_PRECISION and device.type == "cpu"
+
+
+# The precisions that train in fp16, which this project refuses (advnets.config.check_precision): G's gradient
+# w.r.t. its samples and R1's input gradient are taken with torch.autograd.grad outside Lightning's loss scaling,
+# where they underflow fp16, and the simultaneous step updates the scaler between D's step and G's.
+FP16_PRECISIONS = ("16-mixed", "16-true")
+
+
+def fp32_means_fp32() -> None:
+    """fp32 matmuls and convolutions in full fp32 on GPUs: cuDNN runs fp32 convolutions in TF32 (10 mantissa bits)
+    by default on Ampere and later, so 32-true would not be the fp32 the CPU runs. (torch's own fp32_precision
+    switches, not the legacy allow_tf32 flags: torch refuses a mix of the two.) Nothing changes on a CPU."""
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"
+
+
+def tf32_on() -> bool:
+    """Whether fp32 matmuls or convolutions on a GPU may run in TF32 (the precision line says so)."""
+    return "tf32" in (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
 
 
 def on_gpu(accelerator: str) -> bool:
@@ -236,10 +259,12 @@ def precision_line(precision: str | None, accelerator: str, asked: str | int | N
     """The log level and line that say which precision a run trains in: `precision`, what resolve_precision made of
     trainer.precision=`asked` (the line says so where they differ), and, on a CPU, whether the fast path suits this
     CPU: a warning when bf16-mixed runs on a CPU without bf16 matrix units."""
-    fast = wants_fast_path(precision)
+    fast = str(precision) == FAST_PRECISION  # on a GPU: autocast, on a CPU: the fast path
     source = _source(precision, asked)
     if on_gpu(accelerator):
-        return logging.INFO, f"precision: {precision or '32-true'}" + (" (the bf16 fast path)" if fast else "") + source
+        what = " (Lightning's autocast: bf16 matmuls on fp32 weights; the fast path is for CPUs)" if fast else ""
+        tf32 = "TF32 on: fp32 matmuls and convolutions may run in TF32" if tf32_on() else "TF32 off"
+        return logging.INFO, f"precision: {precision or '32-true'}{what}{source}; {tf32}"
     units = cpu_bf16_units()
     if fast and units is None:
         return logging.WARNING, (
@@ -265,7 +290,7 @@ def _source(precision: str | None, asked: str | int | None) -> str:
         return ""
     # Of Lightning's values, only fp16 AMP (16-mixed, or its alias 16) becomes bf16-mixed: on a CPU.
     fp16_on_cpu = (
-        " on a CPU (it has no fp16 AMP there)" if wants_fast_path(precision) and str(asked)[:2] == "16" else ""
+        " on a CPU (it has no fp16 AMP there)" if str(precision) == FAST_PRECISION and str(asked)[:2] == "16" else ""
     )
     return f", as Lightning runs trainer.precision={asked}{fp16_on_cpu}"
 
@@ -278,10 +303,12 @@ __all__ = [
     "dropout",
     "enabled",
     "fp32",
+    "fp32_means_fp32",
     "linear",
     "maxout",
     "precision_line",
     "put_cast",
     "resolve_precision",
+    "tf32_on",
     "wants_fast_path",
 ]

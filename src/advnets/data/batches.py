@@ -26,15 +26,28 @@ class DataError(UserError):
 class EpochBatchSampler:
     """Index batches of a permutation drawn from (seed, epoch); ranks take interleaved shares.
 
-    Rank r of w gets positions r, r + w, ... of the epoch's permutation: disjoint shares covering
-    every row once, and the last partial batch is kept (the paper's code drops nothing either).
-    A run resumed mid-epoch (`resume_at`) takes the rest of that epoch's batches, in the same order.
+    Rank r of w gets positions r, r + w, ... of the epoch's permutation, and the last partial batch is kept (the
+    paper's code drops nothing either). Every rank gets the same number of rows, ceil(n / w), and so of batches: when
+    w does not divide n, the permutation is extended by its own first rows (as torch's DistributedSampler pads), so
+    that no rank takes a training step the others do not (under DDP that step's all-reduce would wait for ever). One
+    process (w = 1) takes every row exactly once. `pad=False` (evaluation, whose metrics gather every rank's share
+    and whose loop makes no collective call per batch): disjoint shares covering every row once, which may differ by
+    one row. A run resumed mid-epoch (`resume_at`) takes the rest of that epoch's batches, in the same order.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        pad: bool = True,
+    ):
         # batch_size >= 1: checked with the run config (advnets.config)
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.rank, self.world_size, self.shuffle, self.pad = rank, world_size, shuffle, pad
         self.epoch = 0
         self.skip = 0  # batches at the start of `epoch` already trained on before a resume
         # Lightning calls set_epoch on `loader.sampler` and `loader.batch_sampler.sampler`, not on
@@ -55,15 +68,28 @@ class EpochBatchSampler:
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
+        if self.pad:  # fewer than world_size rows, from the start of the permutation
+            order = torch.cat([order, order[: self.share() * self.world_size - self.n]])
         return order[self.rank :: self.world_size]
 
+    def share(self) -> int:
+        """The rows this rank takes per epoch: the same on every rank (pad), else its own of the n rows."""
+        return -(-self.n // self.world_size) if self.pad else len(range(self.rank, self.n, self.world_size))
+
+    def batches(self, device: torch.device | None = None) -> Iterator[Tensor]:
+        """This epoch's index batches (after a resume, the rest of them), on `device`: the rank's share is moved
+        there once per epoch, not batch by batch (each copy from the host would be a wait on a GPU). A generator:
+        the permutation is drawn at the first batch, after Lightning has set the epoch."""
+        indices = self.indices()
+        if device is not None:
+            indices = indices.to(device)
+        yield from indices.split(self.batch_size)[self.skip :]
+
     def __iter__(self) -> Iterator[Tensor]:
-        # A generator: the permutation is drawn at the first batch, after Lightning has set the epoch.
-        yield from self.indices().split(self.batch_size)[self.skip :]
+        return self.batches()
 
     def __len__(self) -> int:
-        share = len(range(self.rank, self.n, self.world_size))
-        return -(-share // self.batch_size)
+        return -(-self.share() // self.batch_size)
 
 
 class _ResumableBatches:
@@ -100,7 +126,7 @@ class TensorBatches(_ResumableBatches):
         self.sampler = batch_sampler
 
     def __iter__(self) -> Iterator[Tensor]:
-        return self._counted(self.data[idx.to(self.data.device)] for idx in self.batch_sampler)
+        return self._counted(self.data[idx] for idx in self.batch_sampler.batches(self.data.device))
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -199,7 +225,7 @@ class TensorDataModule(pl.LightningDataModule):
         # Every rank scores its own share; the Parzen metric gathers the shares before computing.
         rank, world = self._rank_world()
         sampler = EpochBatchSampler(
-            len(points), int(self.cfg.get("eval_batch_size", 1000)), 0, rank, world, shuffle=False
+            len(points), int(self.cfg.get("eval_batch_size", 1000)), 0, rank, world, shuffle=False, pad=False
         )
         return TensorBatches(points, sampler)
 

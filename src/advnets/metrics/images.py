@@ -76,7 +76,7 @@ class ImageEvaluation(nn.Module):
         logged = {f"{prefix}/g_updates": float(module.g_updates)}  # the x axis of src/report.py's plot
         self.last_parzen = {}
         for which, metric in self._metrics():
-            metric.update(centres=module.sample(share, module.seeded_generator(EVAL_SAMPLES), which=which))
+            metric.update(centres=module.sample(share, module.sample_generator(EVAL_SAMPLES), which=which))
             result = metric.compute()
             metric.reset()
             name = f"{prefix}/parzen" if which == "raw" else f"{prefix}/ema_parzen"
@@ -102,7 +102,7 @@ class ImageEvaluation(nn.Module):
         share = -(-int(self.cfg.quality[f"{prefix}_samples"]) // world)
         logged, self.last_quality = {}, {}
         for which in module.generators:
-            quality.update_fake(module.sample(share, module.seeded_generator(EVAL_SAMPLES), which=which))
+            quality.update_fake(module.sample(share, module.sample_generator(EVAL_SAMPLES), which=which))
             self.last_quality[which] = result = quality.compute()
             quality.reset()
             logged.update(result.logged(f"{prefix}/" if which == "raw" else f"{prefix}/ema_"))

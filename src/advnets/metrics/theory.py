@@ -112,7 +112,7 @@ class TheoryEvaluation(nn.Module):
     @torch.no_grad()
     def compute(self, module, stage: str) -> dict[str, float]:
         # The same G samples on every rank (G is the same): every rank logs the same numbers.
-        gen = torch.Generator(device=module.device).manual_seed(int(self.cfg.seed) * 1_000_003 + module.g_updates)
+        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + module.g_updates)  # CPU: any device
         x = module.sample(self.samples[stage], gen)
         p_g = histogram_masses(x, self.edges)
         with eval_mode(module.discriminator) as net:
