@@ -112,17 +112,17 @@ def fit(data_dir, tmp_path_factory):
         return x
 
     module.noise, module.sample = noise, sample
-    real_iter = EpochBatchSampler.__iter__
+    real_batches = EpochBatchSampler.batches  # what TensorBatches and the sampler's __iter__ both draw from
 
-    def recording_iter(sampler):
-        for idx in real_iter(sampler):
+    def recording_batches(sampler, device=None):
+        for idx in real_batches(sampler, device):
             if sampler.shuffle:  # the training batches (the Parzen points are read in order)
                 rec.indices.append((sampler.epoch, idx.clone()))
             yield idx
 
     trainer = bare_trainer(tmp, max_epochs=2, limit_val_batches=None, num_sanity_val_steps=0, callbacks=[rec])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(EpochBatchSampler, "__iter__", recording_iter)
+        mp.setattr(EpochBatchSampler, "batches", recording_batches)
         trainer.fit(module, datamodule=build_datamodule(cfg.dataset, cfg.seed))
     return SimpleNamespace(module=module, trainer=trainer, cfg=cfg, rec=rec)
 
