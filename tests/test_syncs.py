@@ -64,3 +64,21 @@ def test_steps_that_log_nothing_read_no_value(tmp_path, schedule):
     assert len(counter.silent) == 10 and len(counter.logged) == 2
     assert counter.silent == [0] * 10
     assert all(n > 0 for n in counter.logged)  # the counter sees reads: a logged step reads its values
+
+
+def test_ranks_agree_on_preemption_only_at_the_steps_that_log():
+    """Under DDP the stop decision is an all-reduce and a read: made at the steps that log, not at every batch (a
+    Trainer of 2 ranks whose strategy records the collective calls; the first three steps do not log)."""
+    from types import SimpleNamespace
+
+    calls = []
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: calls.append(decision) or decision)
+    trainer = SimpleNamespace(
+        world_size=2, strategy=strategy, _logger_connector=SimpleNamespace(should_update_logs=False)
+    )
+    module = SimpleNamespace(_trainer=trainer)
+    handler = PreemptionHandler()
+    for logs in (False, False, False, True, False):
+        trainer._logger_connector.should_update_logs = logs
+        handler.on_train_batch_end(trainer, module, None, None, 0)
+    assert calls == [False]

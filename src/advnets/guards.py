@@ -98,8 +98,8 @@ class PreemptionHandler(pl.Callback):
     `max_time_s` seconds (`trainer.max_time`: Lightning's own timer would end the epoch early and save
     it as finished, losing the rest of the epoch on resume); then raises Preempted. Installed before
     `trainer.fit`, so Lightning's own SIGTERM handler (which it composes with ours) still runs too, and
-    SLURM's requeue signal (SIGUSR1) stays Lightning's. Under DDP the ranks agree at every batch end
-    whether to stop, so all of them save the same batch. Put it after the other callbacks: the
+    SLURM's requeue signal (SIGUSR1) stays Lightning's. Under DDP the ranks agree whether to stop at the batch
+    ends of the steps that log (trainer.log_every_n_steps), so all of them save the same batch. Put it after the other callbacks: the
     checkpoint then holds what they did with the last batch.
     """
 
@@ -129,8 +129,13 @@ class PreemptionHandler(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         reason = self._reason()
-        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
-            reason = reason if reason is not None else signal.SIGTERM  # another rank got the signal
+        if trainer.world_size > 1:
+            # The ranks agree at the steps that log (an all-reduce and a read: a stall on a GPU, not made at every
+            # batch), so a signal waits at most trainer.log_every_n_steps batches; every rank saves the same batch.
+            if not logs_this_step(pl_module):
+                return
+            if trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
+                reason = reason if reason is not None else signal.SIGTERM  # another rank got the signal
         if reason is None:
             return
         # This batch's step metrics: Lightning writes them after the batch-end hooks, which stop here.
