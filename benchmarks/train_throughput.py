@@ -542,18 +542,11 @@ def fast_path_rows(args, data_dir: str) -> None:
         for name, v in speeds.items()
         if v
     }
-    wall0, cpu0 = med[FP32_ROW]
     print(
         f"the defaults (Algorithm 1, k=1, R1 gamma 0.1, EMA of G), batch {args.batch}, {args.iters} batches timed "
         f"after {args.warmup} warm-up ones (compilation), median of {args.repeats}:"
     )
-    for name, (wall, cpu) in med.items():
-        # k = 1: one iteration is one D update and one G update.
-        print(
-            f"fast-path: {name:<28} {wall:7.0f} samples/s  {wall / args.batch:6.1f} D+G updates/s  "
-            f"x{wall / wall0:4.2f} of fp32 | {cpu:7.0f} per CPU s  x{cpu / cpu0:4.2f} of fp32",
-            flush=True,
-        )
+    print_rows("fast-path", med, args.batch, FP32_ROW, " of fp32")
     if args.precisions:
         return
     # The fastest per CPU second on a CPU (the neighbours' load moves wall time), per second on a GPU.
@@ -614,15 +607,21 @@ def step_cost_rows(args, data_dir: str) -> None:
                 flush=True,
             )
     med = {name: tuple(statistics.median(x[i] for x in v) for i in (0, 1)) for name, v in speeds.items()}
-    wall0, cpu0 = next(iter(med.values()))
     print(
         f"the defaults (Algorithm 1, k=1, Adam, R1 gamma 0.1, EMA of G) in {precision}, batch {args.batch}, "
         f"{args.iters} batches timed after {args.warmup}, median of {args.repeats}:"
     )
+    print_rows("step-costs", med, args.batch, next(iter(med)))
+
+
+def print_rows(kind: str, med: dict[str, tuple[float, float]], batch: int, reference: str, of: str = "") -> None:
+    """One line a row: median samples/s and per CPU second, each with its ratio to the `reference` row's."""
+    wall0, cpu0 = med[reference]
     for name, (wall, cpu) in med.items():
+        # k = 1: one iteration is one D update and one G update.
         print(
-            f"step-costs: {name:<32} {wall:7.0f} samples/s  {wall / args.batch:6.1f} D+G updates/s  "
-            f"x{wall / wall0:4.2f} | {cpu:7.0f} per CPU s  x{cpu / cpu0:4.2f}",
+            f"{kind}: {name:<32} {wall:7.0f} samples/s  {wall / batch:6.1f} D+G updates/s  "
+            f"x{wall / wall0:4.2f}{of} | {cpu:7.0f} per CPU s  x{cpu / cpu0:4.2f}{of}",
             flush=True,
         )
 
