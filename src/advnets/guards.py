@@ -43,9 +43,8 @@ class DivergenceGuard(pl.Callback):
         none = torch.zeros((), dtype=torch.bool, device=device)
         bad = torch.stack([~torch.isfinite(record[k]).all() if k in record else none for k in self.LOSSES])
         # Made on the device (fills, not copies from the host): the index of the first bad loss and the counters.
-        here = torch.stack(
-            [bad.long().argmax(), *(torch.full_like(self._first_bad[0], n) for n in self._counters(pl_module))]
-        )
+        counters = (pl_module.d_updates, pl_module.g_updates)
+        here = torch.stack([bad.long().argmax(), *(torch.full_like(self._first_bad[0], n) for n in counters)])
         self._first_bad = torch.where(bad.any() & (self._first_bad[0] < 0), here, self._first_bad)
         if logs_this_step(pl_module):  # a step that reads values anyway, to log them
             self._check(trainer, pl_module, f"epoch {trainer.current_epoch + 1}, batch {batch_idx + 1}")
@@ -57,12 +56,8 @@ class DivergenceGuard(pl.Callback):
         if trainer.training:
             self._check(trainer, pl_module, "before a checkpoint save", parameters=True)
 
-    @staticmethod
-    def _counters(pl_module) -> tuple[int, int]:
-        return pl_module.d_updates, pl_module.g_updates
-
     def _check(self, trainer, pl_module, when: str, parameters: bool = False) -> None:
-        what, (d, g) = None, self._counters(pl_module)
+        what, d, g = None, pl_module.d_updates, pl_module.g_updates
         if self._first_bad is not None and int(self._first_bad[0]) >= 0:  # the one read
             index, d, g = self._first_bad.tolist()
             what = self.LOSSES[index]
