@@ -9,7 +9,8 @@
 #                                                   #     against the CPU's (about 5 minutes)
 #   bash benchmarks/device_check.sh speed           # (b) D+G updates/s and samples/s of the default at batch 100
 #                                                   #     and 1000 in fp32 and bf16-mixed, the step-cost rows, the
-#                                                   #     plain loops (about 4 minutes)
+#                                                   #     plain loops, several seeds in one process against
+#                                                   #     one process a seed (about 6 minutes)
 #   bash benchmarks/device_check.sh ddp             # (c) a DDP fit on every GPU, where there are several
 #   bash benchmarks/device_check.sh <part> --smoke  # the same steps on this CPU, tiny (checks the script)
 #
@@ -79,6 +80,7 @@ if [ $SMOKE = 1 ]; then
          quality.test_samples=200 dataset.parzen_val_select=100 dataset.parzen_val_points=100)
     EVAL_SAMPLES=500
     SMALL=(--iters 5 --warmup 2); LARGE=(--batch 500 --iters 5 --warmup 2); PLAIN=(--tiny)
+    STACKED=(--smoke); STACKED_SEEDS="2"
 else
     ACCEL=gpu; DEVICE=cuda
     FIT=(trainer.limit_train_batches=300 parzen.val_samples=1000 parzen.test_samples=2000 quality.val_samples=1000
@@ -86,6 +88,7 @@ else
     EVAL_SAMPLES=2000
     # The first batches of every run are untimed warm-up (CUDA's start, cuBLAS's heuristics, allocations).
     SMALL=(--iters 300 --warmup 30); LARGE=(--batch 1000 --iters 40 --warmup 10); PLAIN=(--iters 500)
+    STACKED=(--iters 200 --warmup 20 --repeats 1); STACKED_SEEDS="4 8"
 fi
 COMMON=(logger=csv "paths.data_dir=$DATA_DIR" trainer.enable_progress_bar=false)
 
@@ -157,6 +160,13 @@ if [ $PART = speed ]; then
     stamp "(b) Algorithm 1 through the project against the plain loops"
     limit 80 $PY benchmarks/train_throughput.py --device $DEVICE --repeats 1 "${PLAIN[@]}" --data-dir "$DATA_DIR" \
         --logger csv 2>&1 | grep -E "^(\([abc]\)|a/b|peak)|Error"
+    # Issue 45 item 4: where one seed of these small nets leaves the GPU idle, S seeds stacked (torch.func, vmap) in
+    # one process against S processes of one seed on the same GPU (the functional step, then the project's eager one).
+    for seeds in $STACKED_SEEDS; do
+        stamp "(b) $seeds seeds stacked in one process against $seeds processes of one seed"
+        limit 120 $PY benchmarks/stacked_seeds.py --device $DEVICE --seeds-per-process "$seeds" "${STACKED[@]}" 2>&1 \
+            | grep -E "^(device|\([abc]\)|a/b)|Error"
+    done
 fi
 
 if [ $PART = ddp ]; then
