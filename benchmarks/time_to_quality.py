@@ -37,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -169,6 +171,37 @@ def train_and_score(
     return run
 
 
+def parse_read_at(text: str, settings: dict, every: int) -> tuple[str, str, int]:
+    """NAME=SETTING@EPOCH: SETTING's runs read up to EPOCH, a kept checkpoint."""
+    name, _, rest = text.partition("=")
+    setting, _, epoch = rest.partition("@")
+    if not name or setting not in settings or not epoch.isdigit() or int(epoch) % every:
+        raise SystemExit(
+            f"error: --read-at {text!r}: write NAME=SETTING@EPOCH with SETTING one of --setting's names "
+            f"({', '.join(settings)}) and EPOCH a multiple of --every ({every}), e.g. 'short=long@{every}'"
+        )
+    if any(o.startswith("optimizer.anneal_epochs=") and o != "optimizer.anneal_epochs=null" for o in settings[setting]):
+        raise SystemExit(
+            f"error: --read-at {text!r}: {setting} anneals its lr over trainer.max_epochs, so its first "
+            f"{epoch} epochs are not a run of {epoch}"
+        )
+    return name, setting, int(epoch)
+
+
+def up_to(run: Run, epoch: int, setting: str) -> Run:
+    """`run` as the run of `epoch` epochs it was on its way (its checkpoints and collapse flag up to there): the
+    shorter run of the same settings where nothing in them depends on trainer.max_epochs (no lr anneal)."""
+    config = OmegaConf.load(Path(run.folder) / ".hydra" / "config.yaml")
+    if OmegaConf.select(config, "optimizer.anneal_epochs") is not None:
+        raise SystemExit(
+            f"error: --read-at {setting}: {run.setting} anneals its lr over trainer.max_epochs, so its first "
+            f"{epoch} epochs are not a run of {epoch}"
+        )
+    rows = epoch_rows(Path(run.folder))
+    flag = any(float(row.get("train/collapsed") or 0) > 0 for e, row in rows.items() if e <= epoch)
+    return Run(setting, run.seed, run.folder, 0.0, flag, [c for c in run.checkpoints if c.epoch <= epoch])
+
+
 def mean_se(values: list[float]) -> str:
     if not values:
         return "-"
@@ -218,12 +251,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--digits", type=int, default=Target.digits)
     p.add_argument("--eval", default="", help="overrides of src/eval.py (the tests' n_samples=...; default: none)")
     p.add_argument("--out", type=Path, help="write every score here (JSON)")
+    p.add_argument(
+        "--read-at",
+        action="append",
+        default=[],
+        help="NAME=SETTING@EPOCH: also report SETTING's runs up to EPOCH as setting NAME, a shorter run of it "
+        "(only where nothing in SETTING depends on trainer.max_epochs, e.g. no optimizer.anneal_epochs)",
+    )
     args = p.parse_args(argv)
     settings = dict(parse_setting(s) for s in args.setting)
+    read_at = [parse_read_at(text, settings, args.every) for text in args.read_at]
     target = Target(args.parzen, args.fid, args.digits)
     jobs = [(name, overrides, seed) for seed in args.seeds for name, overrides in settings.items()]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(lambda job: train_and_score(*job, args.every, args.root, args.eval.split()), jobs))
+    runs += [up_to(run, epoch, name) for name, setting, epoch in read_at for run in runs if run.setting == setting]
     print(report(runs, target))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

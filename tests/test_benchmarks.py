@@ -155,3 +155,35 @@ def test_time_to_quality_times_each_run_to_its_first_checkpoint_at_the_target(da
     out = capsys.readouterr().out
     assert "tiny seed 1: not reached" in out and "tiny: 0/2 reached, time to target - s, - G updates" in out
     assert [r["job_seconds"] for r in json.loads((tmp_path / "scores.json").read_text())["runs"]] == [0.0, 0.0]
+
+
+def test_time_to_quality_reads_a_setting_up_to_an_epoch_as_its_shorter_run(tmp_path):
+    """--read-at short=long@2: long's runs with their checkpoints up to epoch 2 and the collapse flag its log
+    raised up to there (not the one raised at epoch 3); an epoch off --every, a setting not given, or an lr anneal
+    over the run's length is refused before anything trains."""
+    bench = load_benchmark("time_to_quality")
+    folder = tmp_path / "long" / "seed1"
+    (folder / "csv" / "version_0").mkdir(parents=True)
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text("optimizer:\n  anneal_epochs: null\n")
+    rows = ["epoch,train/elapsed_s,train/g_updates,train/collapsed"]
+    rows += [f"{e},{10.0 * (e + 1)},{5 * (e + 1)},{1 if e == 2 else ''}" for e in range(3)]
+    (folder / "csv" / "version_0" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    score = {"parzen": 230.0, "fid": 6.0, "kid": 1.0, "digits": 10}
+    checkpoints = [bench.Checkpoint(e, 5 * e, 10.0 * e, {"ema": dict(score, fid=9.0 - e)}) for e in (1, 2, 3)]
+    run = bench.Run("long", 1, str(folder), 99.0, True, checkpoints)
+    short = bench.up_to(run, 2, "short")
+    assert (short.setting, short.seed, short.collapse_flag, short.job_seconds) == ("short", 1, False, 0.0)
+    assert [c.epoch for c in short.checkpoints] == [1, 2] and not short.collapsed
+    assert bench.up_to(run, 3, "all").collapse_flag
+    out = bench.report([run, short], bench.Target(fid=7.0))
+    assert "short seed 1: reached at epoch 2 (ema): 20 s, 10 G updates | end (epoch 2, ema): 230.0 nats, FID 7.0" in out
+    assert "short: 1/1 reached, time to target 20 s, 10 G updates; whole run 20 s training; 0 collapsed" in out
+    settings = {"long": ["trainer.max_epochs=3"], "annealed": ["optimizer.anneal_epochs=2"]}
+    assert bench.parse_read_at("short=long@2", settings, 1) == ("short", "long", 2)
+    for bad in ("short=long@3", "short=other@2", "short=long", "short=annealed@2"):
+        with pytest.raises(SystemExit, match="error: --read-at"):
+            bench.parse_read_at(bad, settings, 2)
+    (folder / ".hydra" / "config.yaml").write_text("optimizer:\n  anneal_epochs: 2\n")
+    with pytest.raises(SystemExit, match="anneals its lr over trainer.max_epochs"):
+        bench.up_to(run, 2, "short")
