@@ -281,7 +281,7 @@ def test_trainer_builds_from_every_option(tmp_path, trainer_option):
     loggers = build_loggers(cfg)
     trainer = pl.Trainer(**trainer_arguments(cfg), logger=loggers)
     assert trainer.loggers == loggers and len(loggers) == 2 and trainer.default_root_dir == str(tmp_path)
-    assert trainer.max_epochs == 50 and trainer.log_every_n_steps == 50
+    assert trainer.max_epochs == 45 and trainer.log_every_n_steps == 50
     if "ddp" in trainer_option:
         assert isinstance(trainer.strategy, DDPStrategy) and trainer.strategy._ddp_kwargs["find_unused_parameters"]
         assert trainer.num_devices == (2 if trainer_option == "ddp_cpu" else torch.cuda.device_count())
