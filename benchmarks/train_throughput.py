@@ -538,7 +538,7 @@ def fast_path_rows(args, data_dir: str) -> None:
                 flush=True,
             )
     med = {
-        name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        name: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v))
         for name, v in speeds.items()
         if v
     }
@@ -565,30 +565,36 @@ def fast_path_rows(args, data_dir: str) -> None:
 
 # --step-costs: what each change of the step buys, on the defaults (Adam, R1 0.1, the EMA of G) in the precision
 # trainer.precision=auto picks on this machine. name: (overrides, Adam fused).
+# name: (overrides, Adam fused, gradients kept between steps).
 STEP_COST_ROWS = {
-    "for-loop Adam (before)": ([], False),
-    "fused Adam (the default)": ([], True),
-    "fused Adam + lazy R1, every 4": (["stabilisers.r1_every=4"], True),
-    "fused Adam, no R1 (the floor)": (["stabilisers.r1_gamma=null"], True),
+    "for-loop Adam, R1 (before)": (["stabilisers.r1_every=1"], False, False),
+    "fused Adam, R1": (["stabilisers.r1_every=1"], True, False),
+    "fused Adam, lazy R1 every 4 (default)": (["stabilisers.r1_every=4"], True, False),
+    "the default, gradients kept": (["stabilisers.r1_every=4"], True, True),
+    "fused Adam, no R1 (the floor)": (["stabilisers.r1_gamma=null"], True, False),
 }
 
 
 @contextlib.contextmanager
-def adam_fused(fused: bool):
-    """advnets.optim.Adam as it is (fused) or as it was before (torch's for-loop implementation on a CPU)."""
+def step_as(fused: bool, keep_grads: bool):
+    """advnets.optim.Adam as it is (fused) or as it was before (torch's for-loop implementation on a CPU); the
+    module's zero_grad(set_to_none=True) as it is (each backward allocates new gradients) or zeroing them in place
+    (the buffers kept between steps, the backward adds into them)."""
     from advnets import optim
 
-    original = optim.Adam.__init__
+    original, zero_grad = optim.Adam.__init__, torch.optim.Optimizer.zero_grad
 
     def for_loop(self, params, lr, betas):
         torch.optim.Adam.__init__(self, params, lr=lr, betas=betas, foreach=False)
         self.compiled_update = None
 
     optim.Adam.__init__ = original if fused else for_loop
+    if keep_grads:
+        torch.optim.Optimizer.zero_grad = lambda self, set_to_none=True: zero_grad(self, set_to_none=False)
     try:
         yield
     finally:
-        optim.Adam.__init__ = original
+        optim.Adam.__init__, torch.optim.Optimizer.zero_grad = original, zero_grad
 
 
 def step_cost_rows(args, data_dir: str) -> None:
@@ -597,21 +603,21 @@ def step_cost_rows(args, data_dir: str) -> None:
 
     OPTIONS["extra"] = []
     precision = resolve_precision(args.precision, "cpu" if args.device == "cpu" else "gpu", "maxout")
-    speeds: dict[str, list[tuple[float, float]]] = {name: [] for name in STEP_COST_ROWS}
+    speeds: dict[str, list[tuple[float, float, float]]] = {name: [] for name in STEP_COST_ROWS}
     for _ in range(args.repeats):
-        for name, (extra, fused) in STEP_COST_ROWS.items():
-            with adam_fused(fused):
+        for name, (extra, fused, keep_grads) in STEP_COST_ROWS.items():
+            with step_as(fused, keep_grads):
                 speeds[name].append(_timed_after_warmup(args, data_dir, [f"trainer.precision={precision}", *extra]))
-            print(
-                f"run: {name:<32} {speeds[name][-1][0]:7.0f} samples/s, {speeds[name][-1][1]:7.0f} per CPU s",
-                flush=True,
-            )
+            wall, cpu, faults = speeds[name][-1]
+            print(f"run: {name:<37} {wall:7.0f} samples/s, {cpu:7.0f} per CPU s, {faults:6.0f} page faults/batch")
     med = {name: tuple(statistics.median(x[i] for x in v) for i in (0, 1)) for name, v in speeds.items()}
     print(
         f"the defaults (Algorithm 1, k=1, Adam, R1 gamma 0.1, EMA of G) in {precision}, batch {args.batch}, "
         f"{args.iters} batches timed after {args.warmup}, median of {args.repeats}:"
     )
     print_rows("step-costs", med, args.batch, next(iter(med)))
+    faults = {name: statistics.median(x[2] for x in v) for name, v in speeds.items()}
+    print("minor page faults per batch (median): " + ", ".join(f"{n} {f:.0f}" for n, f in faults.items()))
 
 
 def print_rows(kind: str, med: dict[str, tuple[float, float]], batch: int, reference: str, of: str = "") -> None:
@@ -620,14 +626,15 @@ def print_rows(kind: str, med: dict[str, tuple[float, float]], batch: int, refer
     for name, (wall, cpu) in med.items():
         # k = 1: one iteration is one D update and one G update.
         print(
-            f"{kind}: {name:<32} {wall:7.0f} samples/s  {wall / batch:6.1f} D+G updates/s  "
+            f"{kind}: {name:<37} {wall:7.0f} samples/s  {wall / batch:6.1f} D+G updates/s  "
             f"x{wall / wall0:4.2f}{of} | {cpu:7.0f} per CPU s  x{cpu / cpu0:4.2f}{of}",
             flush=True,
         )
 
 
-def _timed_after_warmup(args, data_dir: str, extra: list[str]) -> tuple[float, float]:
-    """(samples per second, samples per CPU second) over batches warmup..warmup+iters-1 of one run."""
+def _timed_after_warmup(args, data_dir: str, extra: list[str]) -> tuple[float, float, float]:
+    """(samples per second, samples per CPU second, minor page faults per batch) over batches
+    warmup..warmup+iters-1 of one run."""
     import pytorch_lightning as pl
 
     first, last = args.warmup, args.warmup + args.iters
@@ -638,11 +645,13 @@ def _timed_after_warmup(args, data_dir: str, extra: list[str]) -> tuple[float, f
             if batch_idx + 1 in (first, last):
                 if args.device == "cuda":
                     torch.cuda.synchronize()
-                marks[batch_idx + 1] = (time.perf_counter(), time.process_time())
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                marks[batch_idx + 1] = (time.perf_counter(), time.process_time(), faults)
 
     run_project(last, args.batch, args.device, data_dir, extra, callbacks=[Marks()])
     samples = args.iters * args.batch
-    return samples / (marks[last][0] - marks[first][0]), samples / (marks[last][1] - marks[first][1])
+    (wall0, cpu0, faults0), (wall1, cpu1, faults1) = marks[first], marks[last]
+    return samples / (wall1 - wall0), samples / (cpu1 - cpu0), (faults1 - faults0) / args.iters
 
 
 if __name__ == "__main__":

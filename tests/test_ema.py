@@ -29,17 +29,17 @@ def test_ema_beta_closed_forms():
     assert ema_beta(1, 0.995, 0.05) == pytest.approx(0.5**20, rel=1e-12)
 
 
-def test_the_default_average_is_a_quarter_of_the_updates_up_to_its_full_half_life():
-    """conf/model: decay 0.9999 (a half-life of 6,931.1 G updates) with ramp-up 0.25, i.e. half the weight on the
-    last quarter of the updates until update 27,724 and on the last 6,931 updates from 27,725 on."""
+def test_the_default_average_is_half_the_updates_up_to_its_full_half_life():
+    """conf/model: decay 0.9999 (a half-life of 6,931.1 G updates) with ramp-up 0.5, i.e. half the weight on the
+    last half of the updates until update 13,862 and on the last 6,931 updates from 13,863 on (epoch 28 of 45)."""
     model = compose().model
     decay, rampup = model.ema_decay, model.ema_rampup
-    assert (decay, rampup) == (0.9999, 0.25)
-    assert ema_beta(1, decay, rampup) == pytest.approx(0.5**4, rel=1e-12)  # half-life 0.25: G but 1/16 of start
-    assert ema_beta(10_000, decay, rampup) == pytest.approx(0.5 ** (1 / 2500), rel=1e-15)
-    assert ema_beta(27_724, decay, rampup) == pytest.approx(0.5 ** (1 / 6931), rel=1e-15)
-    assert ema_beta(27_725, decay, rampup) == pytest.approx(0.9999, rel=1e-12)
-    assert ema_beta(30_000, decay, rampup) == pytest.approx(0.9999, rel=1e-12)  # 60 MNIST epochs
+    assert (decay, rampup) == (0.9999, 0.5)
+    assert ema_beta(1, decay, rampup) == pytest.approx(0.5**2, rel=1e-12)  # half-life 0.5: G but 1/4 of start
+    assert ema_beta(10_000, decay, rampup) == pytest.approx(0.5 ** (1 / 5000), rel=1e-15)
+    assert ema_beta(13_862, decay, rampup) == pytest.approx(0.5 ** (1 / 6931), rel=1e-15)
+    assert ema_beta(13_863, decay, rampup) == pytest.approx(0.9999, rel=1e-12)
+    assert ema_beta(22_500, decay, rampup) == pytest.approx(0.9999, rel=1e-12)  # 45 MNIST epochs
 
 
 def test_ema_update_with_ramp_up_follows_its_formula():

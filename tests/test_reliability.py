@@ -337,8 +337,9 @@ def preempted(data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_preempted_mid_epoch_resumes_bitwise(preempted, straight):
-    """The default as a user runs it (Adam, the long average of G, the default precision), stopped in the
-    middle of an epoch and resumed: the same weights, average, Adam moments and counters as the run never
+    """The default as a user runs it (Adam at 5e-4, lazy R1 on D updates 1, 5 and 9, the long average of G, the
+    default precision), stopped in the middle of an epoch (after D update 7, the next R1 due after the resume) and
+    resumed: the same weights, average, Adam moments and counters as the run never
     stopped, bit for bit."""
     run_dir, at_stop = preempted
     assert at_stop == {"d_updates": 7, "g_updates": 7}  # 5 batches of epoch 1 and 2 of epoch 2
@@ -346,7 +347,8 @@ def test_preempted_mid_epoch_resumes_bitwise(preempted, straight):
     assert done["counters"] == {"d_updates": 10, "g_updates": 10}
     config = done["hyper_parameters"]["config"]
     assert config["optimizer"]["name"] == "adam"
-    assert (config["model"]["ema_decay"], config["model"]["ema_rampup"]) == (0.9999, 0.25)
+    assert (config["model"]["ema_decay"], config["model"]["ema_rampup"]) == (0.9999, 0.5)
+    assert (config["optimizer"]["lr"], config["stabilisers"]["r1_every"]) == (5e-4, 4)
     assert all(
         {"exp_avg", "exp_avg_sq", "step"} <= set(s) for o in done["optimizer_states"] for s in o["state"].values()
     )

@@ -50,9 +50,12 @@ SMALL = [
     # by test_the_default_optimizer_and_average_reach_the_steps (DEFAULT_SMALL).
     "optimizer=momentum",
     "model.ema_decay=null",
+    # R1 at every D update, so that what changes its term shows in every step (the default's lazy R1 is replayed
+    # by the same test as its optimiser).
+    "stabilisers.r1_every=1",
 ]
-# SMALL's nets and logging with the optimiser and the average of G that conf/ composes by default.
-DEFAULT_SMALL = [o for o in SMALL if o not in ("optimizer=momentum", "model.ema_decay=null")]
+# SMALL's nets and logging with the optimiser, the average of G and the R1 interval that conf/ composes by default.
+DEFAULT_SMALL = [o for o in SMALL if o not in ("optimizer=momentum", "model.ema_decay=null", "stabilisers.r1_every=1")]
 TOL = 2e-4  # relative to the largest expected change; float32 rounding is ~1e-5 of it with these nets
 
 
@@ -472,17 +475,19 @@ def test_option_reaches_the_step_and_the_logged_statistics(fits, case):
             replay(module, events, rows, DEFAULT_OF.get(case, Settings()))
 
 
-# The default's optimiser as conf/optimizer/adam.yaml writes it: lr 2e-4 for both nets, betas (0.5, 0.999).
-DEFAULT_RECIPE = Settings(optimizer="adam", d_lr=2e-4, g_lr=2e-4)
+# The default's optimiser as conf/optimizer/adam.yaml writes it (lr 5e-4 for both nets, betas (0.5, 0.999)) and
+# its lazy R1 (conf/train.yaml: on every 4th D update, 4 times as strong).
+DEFAULT_RECIPE = Settings(optimizer="adam", d_lr=5e-4, g_lr=5e-4, r1_every=4)
 
 
 def test_the_default_optimizer_and_average_reach_the_steps(fits):
-    """The default as conf/ composes it (DEFAULT_SMALL names no optimiser or average): every D and G step and
-    logged row is Adam's at lr 2e-4 with betas (0.5, 0.999); the same replay with G's lr, D's lr or beta1 changed,
-    or with the paper's SGD, does not match. (Its average: test_ema_starts_from_g_and_follows_g_updates_only.)"""
-    module, events, rows = fits("default", [], batches=3, base=DEFAULT_SMALL)
+    """The default as conf/ composes it (DEFAULT_SMALL names no optimiser, average or R1 interval): every D and G
+    step and logged row of 5 batches is Adam's at lr 5e-4 with betas (0.5, 0.999), R1 on D updates 1 and 5 only;
+    the same replay with G's lr, D's lr, beta1 or the R1 interval changed, or with the paper's SGD, does not match.
+    (Its average: test_ema_starts_from_g_and_follows_g_updates_only.)"""
+    module, events, rows = fits("default", [], batches=5, base=DEFAULT_SMALL)
     replay(module, events, rows, DEFAULT_RECIPE)
-    wrong = [replace(DEFAULT_RECIPE, d_lr=1e-4), replace(DEFAULT_RECIPE, g_lr=1e-4)]
+    wrong = [replace(DEFAULT_RECIPE, d_lr=2e-4), replace(DEFAULT_RECIPE, g_lr=2e-4), replace(DEFAULT_RECIPE, r1_every=1)]
     for settings in [*wrong, replace(DEFAULT_RECIPE, betas=(0.9, 0.999)), Settings()]:
         with pytest.raises(Mismatch):
             replay(module, events, rows, settings)
@@ -531,7 +536,7 @@ def test_the_settings_replayed_here_are_the_composed_defaults():
         ("alternating", 2, 4, 0.5, None),
         ("simultaneous", 1, 2, 0.5, None),
         ("alternating", 1, 3, 0.9, 0.5),
-        ("alternating", 1, 3, "default", "default"),  # the default's, as composed: 0.9999, ramp-up 0.25
+        ("alternating", 1, 5, "default", "default"),  # the default's, as composed: 0.9999, ramp-up 0.5
     ],
 )
 def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches, decay, rampup):
@@ -542,7 +547,7 @@ def test_ema_starts_from_g_and_follows_g_updates_only(fits, schedule, k, batches
     schedule_overrides = [f"schedule={schedule}", f"k={k}"]
     if decay == "default":  # nothing named: the fit composes the default's optimiser and average
         composed = compose(*DEFAULT_SMALL).model
-        decay, rampup = 0.9999, 0.25
+        decay, rampup = 0.9999, 0.5
         assert (composed.ema_decay, composed.ema_rampup) == (decay, rampup)
         _, events, _ = fits("default", [], batches=batches, base=DEFAULT_SMALL)
     else:
@@ -591,7 +596,7 @@ RESUME_CHANGES = {
     "stabilisers": [
         "stabilisers.r1_gamma=1.0",
         "stabilisers.r1_gamma=null",
-        "stabilisers.r1_every=4",
+        "stabilisers.r1_every=2",
         "stabilisers.instance_noise_std=0.1",
         "stabilisers.instance_noise_anneal_updates=10",
     ],
