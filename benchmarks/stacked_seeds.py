@@ -35,7 +35,7 @@ masks here come from the one global generator, through vmap), so a stacked seed 
     python benchmarks/stacked_seeds.py                                        # CPU: S=2, batch 100, 3 repeats
     python benchmarks/stacked_seeds.py --device cuda --seeds-per-process 8   # one GPU
     python benchmarks/stacked_seeds.py --smoke                                # a few tiny steps (the tests)
-    python benchmarks/stacked_seeds.py stabilisers.r1_every=4                 # any Hydra override of conf/train.yaml
+    python benchmarks/stacked_seeds.py stabilisers.r1_every=1                 # any Hydra override of conf/train.yaml
 """
 
 from __future__ import annotations
