@@ -27,8 +27,10 @@ SMALL = [
 ]
 BATCH, BATCHES, EPOCHS = 8, 3, 2
 # Inductor contracts a * b + c into one fused multiply-add and divides by multiplying by a reciprocal, so each
-# value can differ from the eager update's in its last bits: at most this many float32 ulps of the larger
-# magnitude of the value before and after the update (measured: 0-2).
+# value can differ from the eager update's in its last bits: at most this many float32 ulps of the largest
+# magnitude among the value before and after the update and the update's own terms (measured: 0-2). The terms
+# count where they outweigh the weight: the momentum's w + (mu v - lr g) with mu v and lr g larger than w and
+# cancelling moves w by their rounding, not by w's (measured before they counted: 11 ulps of a weight of 5e-6).
 ULPS = 8
 
 
@@ -36,8 +38,10 @@ def ulp(x: torch.Tensor) -> torch.Tensor:
     return torch.finfo(torch.float32).eps * x.abs().clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def assert_within_ulps(what: str, got: torch.Tensor, expected: torch.Tensor, before: torch.Tensor) -> None:
+def assert_within_ulps(what: str, got: torch.Tensor, expected: torch.Tensor, before: torch.Tensor, *terms) -> None:
     scale = torch.maximum(ulp(expected), ulp(before))
+    for term in terms:
+        scale = torch.maximum(scale, ulp(term))
     worst = float(((got - expected).abs() / scale).max())
     assert worst <= ULPS, f"{what}: {worst:.1f} ulps from the eager update"
 
@@ -133,9 +137,12 @@ def test_every_compiled_update_is_the_eager_update_within_a_few_ulps(compiled_fi
     ]
     for i, (net, epoch, before, after) in enumerate(recorder.steps):
         weights, state = eager_step(optimizer, module.cfg, net, before)
-        for p_got, p_want, p_before in zip(after["params"], weights, before["params"]):
+        lr = before["state"]["param_groups"][0]["lr"]
+        for j, (p_got, p_want, p_before) in enumerate(zip(after["params"], weights, before["params"])):
             assert not torch.equal(p_got, p_before), (i, net)  # the update moved every tensor
-            assert_within_ulps(f"step {i} ({net}, epoch {epoch}) weights", p_got, p_want, p_before)
+            # The update's terms: lr g, and the momentum's velocity before it (times mu < 1).
+            terms = [lr * before["grads"][j], before["state"]["state"].get(j, {}).get("velocity", p_before)]
+            assert_within_ulps(f"step {i} ({net}, epoch {epoch}) weights", p_got, p_want, p_before, *terms)
         got, want = after["state"], state
         assert got["param_groups"] == want["param_groups"], (i, net)
         for k, s in want["state"].items():
