@@ -46,9 +46,11 @@ SMALL = [
     "model.ema_decay=0.5",
     "model.ema_rampup=null",
     f"stabilisers.r1_gamma={GAMMA}",
+    # R1 at every D step, as the float64 replay takes it (the default's lazy R1: tests/test_wiring.py).
+    "stabilisers.r1_every=1",
     "k=1",
     # The paper's SGD at lr 0.1: one D step moves G's gradient by far more than the tolerance, so a G step taken
-    # from the wrong D shows (the default's Adam at 2e-4 barely moves D in two steps).
+    # from the wrong D shows (the default's Adam at 5e-4 barely moves D in two steps).
     "optimizer=momentum",
 ]
 NO_DROPOUT = ["model.discriminator.input_dropout=0", "model.discriminator.hidden_dropout=0"]
