@@ -31,7 +31,7 @@ def test_ema_beta_closed_forms():
 
 def test_the_default_average_is_half_the_updates_up_to_its_full_half_life():
     """conf/model: decay 0.9999 (a half-life of 6,931.1 G updates) with ramp-up 0.5, i.e. half the weight on the
-    last half of the updates until update 13,862 and on the last 6,931 updates from 13,863 on (epoch 28 of 45)."""
+    last half of the updates until update 13,862 and on the last 6,931 updates from 13,863 on (epoch 28 of 50)."""
     model = compose().model
     decay, rampup = model.ema_decay, model.ema_rampup
     assert (decay, rampup) == (0.9999, 0.5)
@@ -39,7 +39,7 @@ def test_the_default_average_is_half_the_updates_up_to_its_full_half_life():
     assert ema_beta(10_000, decay, rampup) == pytest.approx(0.5 ** (1 / 5000), rel=1e-15)
     assert ema_beta(13_862, decay, rampup) == pytest.approx(0.5 ** (1 / 6931), rel=1e-15)
     assert ema_beta(13_863, decay, rampup) == pytest.approx(0.9999, rel=1e-12)
-    assert ema_beta(22_500, decay, rampup) == pytest.approx(0.9999, rel=1e-12)  # 45 MNIST epochs
+    assert ema_beta(25_000, decay, rampup) == pytest.approx(0.9999, rel=1e-12)  # 50 MNIST epochs
 
 
 def test_ema_update_with_ramp_up_follows_its_formula():
