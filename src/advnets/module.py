@@ -363,9 +363,15 @@ class GAN(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["counters"] = {"d_updates": self.d_updates, "g_updates": self.g_updates}
         checkpoint["training_seconds"] = self.training_seconds()
+        # Lazy R1 logs the latest penalty taken until its next one: kept, so a resumed run logs what the run
+        # never stopped logs.
+        if "r1_penalty" in self.step_record:
+            checkpoint["r1_penalty"] = self.step_record["r1_penalty"].detach().cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = checkpoint.get("counters", {})
         self.d_updates = int(counters.get("d_updates", 0))
         self.g_updates = int(counters.get("g_updates", 0))
         self._seconds_before = float(checkpoint.get("training_seconds", 0.0))
+        if "r1_penalty" in checkpoint:
+            self.step_record["r1_penalty"] = checkpoint["r1_penalty"]
