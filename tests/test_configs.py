@@ -43,7 +43,12 @@ def test_defaults():
     )
     assert (cfg.model.ema_decay, cfg.model.ema_rampup, cfg.trainer.max_epochs) == (0.9999, 0.5, 50)
     old = compose("experiment=adam_60")
-    assert (old.optimizer.d_lr, old.optimizer.g_lr, old.model.ema_rampup, old.stabilisers.r1_every) == (2e-4, 2e-4, 0.25, 1)
+    assert (old.optimizer.d_lr, old.optimizer.g_lr, old.model.ema_rampup, old.stabilisers.r1_every) == (
+        2e-4,
+        2e-4,
+        0.25,
+        1,
+    )
     assert (old.trainer.max_epochs, old.optimizer.name, old.model.ema_decay) == (60, "adam", 0.9999)
     earlier = compose("experiment=sgd_r1")
     assert (earlier.optimizer.name, earlier.stabilisers.r1_every, earlier.trainer.max_epochs) == ("momentum", 1, 60)

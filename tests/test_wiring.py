@@ -487,7 +487,11 @@ def test_the_default_optimizer_and_average_reach_the_steps(fits):
     (Its average: test_ema_starts_from_g_and_follows_g_updates_only.)"""
     module, events, rows = fits("default", [], batches=5, base=DEFAULT_SMALL)
     replay(module, events, rows, DEFAULT_RECIPE)
-    wrong = [replace(DEFAULT_RECIPE, d_lr=2e-4), replace(DEFAULT_RECIPE, g_lr=2e-4), replace(DEFAULT_RECIPE, r1_every=1)]
+    wrong = [
+        replace(DEFAULT_RECIPE, d_lr=2e-4),
+        replace(DEFAULT_RECIPE, g_lr=2e-4),
+        replace(DEFAULT_RECIPE, r1_every=1),
+    ]
     for settings in [*wrong, replace(DEFAULT_RECIPE, betas=(0.9, 0.999)), Settings()]:
         with pytest.raises(Mismatch):
             replay(module, events, rows, settings)
