@@ -143,6 +143,7 @@ def test_module_d_step_adds_r1_and_g_step_updates_the_ema(tmp_path):
     module = _module(
         tmp_path,
         "stabilisers.r1_gamma=1.0",
+        "stabilisers.r1_every=1",  # gamma itself on this first D update (the default's lazy R1 takes 4 gamma)
         "model.ema_decay=0.5",
         "model.ema_rampup=null",
         "optimizer=momentum",  # its first step is w - lr grad (checked below)
