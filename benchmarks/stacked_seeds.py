@@ -123,8 +123,20 @@ def build_nets(cfg: dict, seed: int, device: str) -> tuple[nn.Module, nn.Module]
     return g, d
 
 
+class Algorithm1:
+    """Algorithm 1's loop, shared by the stacked and the eager step: a D update, and a G update after every k-th."""
+
+    k: int
+    d_updates: int
+
+    def step(self, real: Tensor, z_d: Tensor, z_g: Tensor) -> None:
+        self.discriminator_step(real, z_d)
+        if self.d_updates % self.k == 0:
+            self.generator_step(z_g)
+
+
 # --- the stacked step --------------------------------------------------------------------------------------------
-class StackedGAN:
+class StackedGAN(Algorithm1):
     """S seeds' G and D with their optimisers and G's average, every tensor stacked over a leading seed dimension.
 
     `step(real, z_d, z_g)` is one training step for every seed (real: (S, B, *shape); z_d, z_g: (S, B, noise_dim),
@@ -158,17 +170,11 @@ class StackedGAN:
     def discriminator(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(self.d_base, params, (x,))
 
-    def step(self, real: Tensor, z_d: Tensor, z_g: Tensor) -> None:
-        self.discriminator_step(real, z_d)
-        if self.d_updates % self.k == 0:
-            self.generator_step(z_g)
-
     def discriminator_step(self, real: Tensor, z: Tensor) -> None:
         with torch.no_grad():
             fake = vmap(self.generator, randomness="different")(self.g, z)
         r1_due = self.r1 is not None and self.r1.due(self.d_updates)
-        # R1Penalty.logits_and_penalty's factor: gamma (annealed by G updates) x its interval (lazy R1).
-        r1_scale = 0.5 * self.r1.every * self.r1.gamma_at(self.g_updates) if r1_due else 0.0
+        r1_scale = self.r1.factor(self.g_updates) if r1_due else 0.0
         d_scale, real_label = float(self.loss["d_scale"]), float(self.loss.get("real_label", 1.0))
 
         def loss_of(params, real, fake):  # one seed's D loss (vmapped over seeds)
@@ -233,7 +239,7 @@ class StackedGAN:
 
 
 # --- the eager step of one seed (the reference) ---------------------------------------------------------------------
-class EagerGAN:
+class EagerGAN(Algorithm1):
     """One seed's step as advnets.module.GAN takes it with schedule=alternating (its _discriminator_step and
     _generator_step), without Lightning: plain modules and autograd, the project's optimiser, R1Penalty, losses and
     GeneratorEMA."""
@@ -253,11 +259,6 @@ class EagerGAN:
             self.ema.reset(g)
         self.d_updates = self.g_updates = 0
         self.record: dict[str, Tensor] = {}
-
-    def step(self, real: Tensor, z_d: Tensor, z_g: Tensor) -> None:
-        self.discriminator_step(real, z_d)
-        if self.d_updates % self.k == 0:
-            self.generator_step(z_g)
 
     def discriminator_step(self, real: Tensor, z: Tensor) -> None:
         with torch.no_grad():

@@ -40,13 +40,17 @@ class R1Penalty:
         t = min(1.0, g_updates / self.anneal_updates)
         return float(self.start) * (1.0 - t) + self.gamma * t
 
+    def factor(self, g_updates: int) -> float:
+        """The penalty's factor on E||grad_x D(x)||^2: gamma/2 (annealed), times the interval (lazy R1)."""
+        return 0.5 * self.every * self.gamma_at(g_updates)
+
     def logits_and_penalty(self, discriminator: nn.Module, real: Tensor, g_updates: int = 0) -> tuple[Tensor, Tensor]:
         """D's logits on `real` and the penalty after `g_updates` G updates, from one forward pass (same
         dropout masks)."""
         real = real.detach().requires_grad_()
         logits = discriminator(real)
         (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
-        return logits, 0.5 * self.every * self.gamma_at(g_updates) * grad.pow(2).flatten(1).sum(1).mean()
+        return logits, self.factor(g_updates) * grad.pow(2).flatten(1).sum(1).mean()
 
 
 class InstanceNoise:
