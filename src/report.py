@@ -21,7 +21,8 @@ The plot draws, per setting, the mean val/parzen_ll (left) and val/fid (right) o
 epochs with a band of +- one s.e. (dashed: the EMA G), or against G updates (`--x g_updates`; the default where
 the runs' k differ, which then meet at equal G updates, as on the W&B dashboard); for 1-D runs, the JSD,
 E|D - D*|, G's gradient norm and D(G(z)) against G updates. FOLDER defaults to DIR when one DIR is given,
-else the current folder.
+else to the folder the DIRs share (`docs/results/runs/study45` for `docs/results/runs/study45/*/seed*`): beside the
+runs, never the current folder (a report of runs elsewhere once landed, untracked, in the repository's root).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -545,6 +547,14 @@ def plot(runs: list[Run], path: Path, x: str, first_updates: int | None = None):
     return fig
 
 
+def report_folder(dirs: list[Path]) -> Path:
+    """Where the report goes without --out: the one DIR, or the nearest folder all the DIRs are in."""
+    shared = Path(os.path.commonpath([d.resolve() for d in dirs]))
+    if shared == Path(shared.anchor):  # runs on different drives or trees: no folder of theirs to write in
+        raise UserError(f"{', '.join(map(str, dirs))} share no folder but the root: say where the report goes, --out FOLDER")
+    return shared
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="a multirun folder or run folders")
@@ -576,8 +586,8 @@ def main(argv: list[str] | None = None) -> None:
         help="1-D runs: the JSD (nats) whose first crossing the table times (default 0.01)",
     )
     args = parser.parse_args(argv)
+    out = args.out or report_folder(args.dirs)
     runs = find_runs(args.dirs)
-    out = args.out or (args.dirs[0] if len(args.dirs) == 1 else Path.cwd())
     out.mkdir(parents=True, exist_ok=True)
     if is_theory(runs):
         text = theory_table(runs, args.jsd_below, args.g_updates) + "\n" + table(runs)

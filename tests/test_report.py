@@ -419,3 +419,19 @@ def test_an_override_whose_value_holds_commas_is_one_setting(tmp_path):
     runs = report.find_runs([tmp_path / f"seed{s}" for s in (1, 2, 3)])
     assert [report.overrides(r.folder) for r in runs[:2]] == [[layers, "seed=1"], [layers, "seed=2"]]
     assert {label: len(group) for label, group in report.settings(runs).items()} == {layers: 2, "defaults": 1}
+
+
+def test_a_report_of_several_run_folders_goes_beside_them_not_into_the_current_folder(tmp_path, monkeypatch):
+    """Without --out, the run folders' shared folder gets report.md and report.png; the current folder (the
+    repository's root, where the command is typed) gets nothing."""
+    import report
+
+    for s in (1, 2):
+        write_run(tmp_path / "study" / f"seed{s}", [f"seed={s}"], [(10, 20), (100, 150)], test=100.0 + s)
+    typed_in = tmp_path / "repo"
+    typed_in.mkdir()
+    monkeypatch.chdir(typed_in)
+    report.main([str(tmp_path / "study" / "seed1"), str(tmp_path / "study" / "seed2")])
+    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["report.md", "report.png", "seed1", "seed2"]
+    assert list(typed_in.iterdir()) == []
+    assert _table_rows((tmp_path / "study" / "report.md").read_text())["`defaults`"][1:3] == ["2", "0"]
