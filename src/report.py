@@ -551,7 +551,9 @@ def report_folder(dirs: list[Path]) -> Path:
     """Where the report goes without --out: the one DIR, or the nearest folder all the DIRs are in."""
     shared = Path(os.path.commonpath([d.resolve() for d in dirs]))
     if shared == Path(shared.anchor):  # runs on different drives or trees: no folder of theirs to write in
-        raise UserError(f"{', '.join(map(str, dirs))} share no folder but the root: say where the report goes, --out FOLDER")
+        raise UserError(
+            f"{', '.join(map(str, dirs))} share no folder but the root: say where the report goes, --out FOLDER"
+        )
     return shared
 
 
