@@ -563,40 +563,50 @@ def fast_path_rows(args, data_dir: str) -> None:
         print(f"where the time goes:\n{where_the_time_goes(shares)}", flush=True)
 
 
+FOR_LOOP_ADAM, GRADIENTS_KEPT, FAST_PATH_MASKS = "for-loop Adam", "gradients kept", "fast path's masks"
+
 # --step-costs: what each change of the step buys, on the defaults (Adam, R1 0.1, the EMA of G) in the precision
-# trainer.precision=auto picks on this machine. name: (overrides, Adam fused, gradients kept between steps).
+# trainer.precision=auto picks on this machine. name: (overrides, how the step differs from today's: step_as).
 STEP_COST_ROWS = {
-    "for-loop Adam, R1 (before)": (["stabilisers.r1_every=1"], False, False),
-    "fused Adam, R1": (["stabilisers.r1_every=1"], True, False),
-    "fused Adam, lazy R1 every 4 (default)": (["stabilisers.r1_every=4"], True, False),
-    "the default, gradients kept": (["stabilisers.r1_every=4"], True, True),
-    "fused Adam, no R1 (the floor)": (["stabilisers.r1_gamma=null"], True, False),
+    "for-loop Adam, R1 (before)": (["stabilisers.r1_every=1"], FOR_LOOP_ADAM),
+    "fused Adam, R1": (["stabilisers.r1_every=1"], None),
+    "fused Adam, lazy R1 every 4 (default)": (["stabilisers.r1_every=4"], None),
+    "the default, gradients kept": (["stabilisers.r1_every=4"], GRADIENTS_KEPT),
+    # In fp32 only (the fast path has them already): not kept, as fp32 runs would no longer draw their masks.
+    "the default, fast path's masks, max": (["stabilisers.r1_every=4"], FAST_PATH_MASKS),
+    "fused Adam, no R1 (the floor)": (["stabilisers.r1_gamma=null"], None),
     # The official code's update: G's forward pass and D's on the samples serve both nets' gradients, so an
     # iteration (one D and one G update, as Algorithm 1's with k = 1) does about a quarter less arithmetic.
-    "the default, simultaneous update": (["stabilisers.r1_every=4", "schedule=simultaneous"], True, False),
+    "the default, simultaneous update": (["stabilisers.r1_every=4", "schedule=simultaneous"], None),
 }
 
 
 @contextlib.contextmanager
-def step_as(fused: bool, keep_grads: bool):
-    """advnets.optim.Adam as it is (fused) or as it was before (torch's for-loop implementation on a CPU); the
-    module's zero_grad(set_to_none=True) as it is (each backward allocates new gradients) or zeroing them in place
-    (the buffers kept between steps, the backward adds into them)."""
-    from advnets import optim
+def step_as(change: str | None):
+    """The defaults' step as it is (None) or with one `change`: FOR_LOOP_ADAM, advnets.optim.Adam as it was before
+    (torch's for-loop implementation on a CPU); GRADIENTS_KEPT, the module's zero_grad(set_to_none=True) zeroing
+    the gradients in place (the buffers kept between steps, the backward adds into them); FAST_PATH_MASKS, fp32's
+    dropout and maxout as the fast path draws and takes them (16 random bits a unit, torch.max)."""
+    from advnets import optim, precision
 
-    original, zero_grad = optim.Adam.__init__, torch.optim.Optimizer.zero_grad
+    saved = optim.Adam.__init__, torch.optim.Optimizer.zero_grad, precision.dropout, precision.maxout
+    original, zero_grad = saved[:2]
 
     def for_loop(self, params, lr, betas):
         torch.optim.Adam.__init__(self, params, lr=lr, betas=betas, foreach=False)
         self.compiled_update = None
 
-    optim.Adam.__init__ = original if fused else for_loop
-    if keep_grads:
+    if change == FOR_LOOP_ADAM:
+        optim.Adam.__init__ = for_loop
+    elif change == GRADIENTS_KEPT:
         torch.optim.Optimizer.zero_grad = lambda self, set_to_none=True: zero_grad(self, set_to_none=False)
+    elif change == FAST_PATH_MASKS:
+        precision.dropout = lambda x, p, training: precision.cheap_dropout(x, p) if training and p else x
+        precision.maxout = lambda pre, units, pieces: pre.view(pre.shape[0], units, pieces).max(-1).values
     try:
         yield
     finally:
-        optim.Adam.__init__, torch.optim.Optimizer.zero_grad = original, zero_grad
+        optim.Adam.__init__, torch.optim.Optimizer.zero_grad, precision.dropout, precision.maxout = saved
 
 
 def step_cost_rows(args, data_dir: str) -> None:
@@ -607,8 +617,8 @@ def step_cost_rows(args, data_dir: str) -> None:
     precision = resolve_precision(args.precision, "cpu" if args.device == "cpu" else "gpu", "maxout")
     speeds: dict[str, list[tuple[float, float, float]]] = {name: [] for name in STEP_COST_ROWS}
     for _ in range(args.repeats):
-        for name, (extra, fused, keep_grads) in STEP_COST_ROWS.items():
-            with step_as(fused, keep_grads):
+        for name, (extra, change) in STEP_COST_ROWS.items():
+            with step_as(change):
                 speeds[name].append(_timed_after_warmup(args, data_dir, [f"trainer.precision={precision}", *extra]))
             wall, cpu, faults = speeds[name][-1]
             print(f"run: {name:<37} {wall:7.0f} samples/s, {cpu:7.0f} per CPU s, {faults:6.0f} page faults/batch")

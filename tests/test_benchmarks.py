@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -187,3 +188,37 @@ def test_time_to_quality_reads_a_setting_up_to_an_epoch_as_its_shorter_run(tmp_p
     (folder / ".hydra" / "config.yaml").write_text("optimizer:\n  anneal_epochs: 2\n")
     with pytest.raises(SystemExit, match="anneals its lr over trainer.max_epochs"):
         bench.up_to(run, 2, "short")
+
+
+@pytest.mark.parametrize("change", ["for-loop Adam", "gradients kept", "fast path's masks"])
+def test_step_costs_rows_change_what_they_name_and_restore_it(change):
+    """`train_throughput.py --step-costs`: each row's change is the step it names (Adam's for-loop implementation,
+    gradients zeroed in place, the fast path's dropout masks and maxout in fp32), and today's step comes back."""
+    from advnets import optim, precision
+
+    bench = load_benchmark("train_throughput")
+    assert change in (bench.FOR_LOOP_ADAM, bench.GRADIENTS_KEPT, bench.FAST_PATH_MASKS)
+    x, pre = torch.rand(100, 784), torch.randn(100, 240 * 5)
+    weight = torch.nn.Parameter(torch.ones(3))
+
+    def step():
+        """(Adam built fused, gradient buffer kept by zero_grad, dropout, maxout), today's or the row's."""
+        opt = optim.Adam([weight], lr=1e-3, betas=(0.5, 0.999))
+        weight.grad = torch.ones(3)
+        opt.zero_grad()
+        torch.manual_seed(0)
+        dropped = precision.dropout(x, 0.2, True)
+        return bool(opt.defaults["fused"]), weight.grad is not None, dropped, precision.maxout(pre, 240, 5)
+
+    fused, kept, dropped, maxed = step()
+    assert fused and not kept
+    with bench.step_as(change):
+        row = step()
+    assert row[0] is (change != bench.FOR_LOOP_ADAM) and row[1] is (change == bench.GRADIENTS_KEPT)
+    torch.manual_seed(0)
+    cheap = precision.cheap_dropout(x, 0.2)
+    assert torch.equal(row[2], cheap if change == bench.FAST_PATH_MASKS else dropped)
+    assert not torch.equal(dropped, cheap)  # fp32 draws its masks otherwise: the row measures a real change
+    assert torch.equal(row[3], maxed)  # torch.max and amax take the same values
+    after = step()
+    assert after[:2] == (True, False) and torch.equal(after[2], dropped) and torch.equal(after[3], maxed)
