@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from conftest import (
     REPO,
     compose,
     leet_screen,
+    processes_naming,
     run_script,
     tiny_run,
     wandb_offline_run,
@@ -113,6 +115,11 @@ def test_the_sweep_opens_in_wandb_leet(sweep, scored):
     listed = [line.split("│")[0].strip(" ●▶○") for line in screen[1:4]]
     expected = [wandb_offline_run(job).name for job in job_folders(sweep)] + [scored.name]
     assert sorted(listed) == sorted(expected), "\n".join(screen)
+    # The dashboard and its wandb-core end with the read (a kill takes effect within moments).
+    deadline = time.monotonic() + 5
+    while processes_naming(str(sweep / "wandb")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_naming(str(sweep / "wandb")) == []
 
 
 @pytest.mark.slow
