@@ -249,18 +249,13 @@ def test_fp32_step_gradients_match_float64(fits, schedule):
         assert relative_error(got, want) <= 1e-5, (n, net, relative_error(got, want))
 
 
-def cheap_masks_everywhere(x, p, training):
-    """The fast path's dropout masks in an fp32 fit: the reference for a fast fit with dropout on."""
-    return precision.cheap_dropout(x, p) if training and p else x
-
-
 @pytest.mark.parametrize("schedule", ["alternating", "simultaneous"])
 def test_fast_path_with_dropout_matches_fp32_with_the_same_masks(fits, schedule):
     """Dropout on (0.2 on the input, 0.5 on hidden units): the first D step of the fast fit against that of
     an fp32 fit from the same weights that draws the same cheap masks (the module reseeds the global
     generator every batch, so both draw the same bits); fp32 with torch's own masks is far from both."""
     _, fast = fits(schedule, "bf16-mixed")
-    _, same_masks = fits(schedule, "32-true", dropout=cheap_masks_everywhere)
+    _, same_masks = fits(schedule, "32-true", dropout=precision.fast_path_dropout)
     _, torch_masks = fits(schedule, "32-true")
     first_d = [[state["grad"] for name, state in r.events if name == "D"][0] for r in (fast, same_masks, torch_masks)]
     want = first_d[1].double()

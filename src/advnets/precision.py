@@ -164,9 +164,14 @@ class _InputGradient(torch.autograd.Function):
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """F.dropout, with the masks of `cheap_dropout` on the fast path."""
-    if not enabled() or not training or p == 0.0:
+    if not enabled():
         return F.dropout(x, p, training)
-    return cheap_dropout(x, p)
+    return fast_path_dropout(x, p, training)
+
+
+def fast_path_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """The fast path's dropout: `cheap_dropout` in training, x itself otherwise."""
+    return cheap_dropout(x, p) if training and p else x
 
 
 def cheap_dropout(x: Tensor, p: float) -> Tensor:
@@ -185,10 +190,14 @@ def cheap_dropout(x: Tensor, p: float) -> Tensor:
 
 def maxout(pre: Tensor, units: int, pieces: int) -> Tensor:
     """The max over each contiguous group of `pieces` of the (batch, units * pieces) pre-activations."""
-    grouped = pre.view(pre.shape[0], units, pieces)
     if not enabled():
-        return grouped.amax(-1)
-    return grouped.max(-1).values
+        return pre.view(pre.shape[0], units, pieces).amax(-1)
+    return fast_path_maxout(pre, units, pieces)
+
+
+def fast_path_maxout(pre: Tensor, units: int, pieces: int) -> Tensor:
+    """The fast path's maxout: torch.max, whose backward is one scatter to the kept argmax."""
+    return pre.view(pre.shape[0], units, pieces).max(-1).values
 
 
 def fp32(y: Tensor) -> Tensor:
